@@ -1,0 +1,101 @@
+"""What every pipeline entry point shares: options, clear one-line errors, run and report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import NoReturn, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from transforms.spec import FeatureSpecFile, SpecError
+from transforms.stores.online import StoreError, open_online_store, redact_url
+
+_LOG = logging.getLogger(__name__)
+LOCAL_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "fnapirunner", "prismrunner",
+                 "switchingdirectrunner", "testdirectrunner"}
+
+
+class UsageError(Exception):
+    """A user mistake on the command line; printed as one line, exit code 2."""
+
+
+class FeatureStoreOptions(PipelineOptions):
+    """Options every feature pipeline takes (snake_case: they double as template parameters)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--feature_spec", help="Path to the feature spec YAML.")
+        parser.add_argument(
+            "--online_store",
+            help="sqlite:///path/online.db (embedded) or redis://[user:password@]host:port/db, rediss://...",
+        )
+        parser.add_argument("--offline_store", help="Directory (local or gs://) for Parquet feature rows.")
+        parser.add_argument(
+            "--dead_letter",
+            help="Directory for dead-letter JSONL (default: <offline_store>/_dead_letters).",
+        )
+
+
+def fail(program: str, message: str, code: int = 2) -> NoReturn:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def require(options: PipelineOptions, *names: str) -> None:
+    missing = [f"--{n}" for n in names if not getattr(options, n, None)]
+    if missing:
+        raise UsageError(f"missing required option(s): {', '.join(missing)}")
+
+
+def is_local(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner else "DirectRunner"
+    return name.lower() in LOCAL_RUNNERS
+
+
+def check_online_store(url: str, spec: FeatureSpecFile) -> None:
+    """Open (and for Redis, ping) the online store before launching, so a wrong URL or a
+    server that is down fails in a second with a clear message instead of inside a bundle."""
+    store = open_online_store(url, spec)
+    try:
+        ping = getattr(store, "ping", None)
+        if ping:
+            ping()
+    finally:
+        store.close()
+
+
+def report(result: beam.runners.runner.PipelineResult, out=sys.stderr) -> dict[str, int]:
+    """Print the pipeline's counters (events in, parsed, dead letters, panes, writes)."""
+    counters: dict[str, int] = {}
+    try:
+        for counter in result.metrics().query()["counters"]:
+            key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
+            counters[key] = counters.get(key, 0) + (counter.committed or counter.attempted or 0)
+    except Exception as err:  # some runners do not support metrics queries
+        _LOG.info("metrics unavailable: %s", err)
+        return counters
+    if counters:
+        print("metrics:", file=out)
+        for key in sorted(counters):
+            print(f"  {key:45s} {counters[key]:>12,}", file=out)
+    return counters
+
+
+def run_main(program: str, main) -> None:
+    """Run an entry point; user mistakes become one line on stderr and a non-zero exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam.runners", "apache_beam.io", "apache_beam.transforms"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        main()
+    except (SpecError, UsageError) as err:
+        fail(program, str(err))
+    except StoreError as err:
+        fail(program, str(err), code=1)
+
+
+def redacted(url: Optional[str]) -> str:
+    return redact_url(url) if url else "-"

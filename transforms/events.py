@@ -1,0 +1,308 @@
+"""Parse raw events (JSON bytes/str or dicts) into schema'd `Event` records, or dead letters.
+
+Parsing is compiled from the spec once (`ParsePlan`): which fields are needed, as what type,
+and which `where` clauses each event matches (a bitmask), so downstream combiners never touch
+dicts. Every way an event can fail becomes a `DeadLetter` with a reason and a counter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+import orjson
+from apache_beam import pvalue
+from apache_beam.coders import RowCoder, registry
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+
+from transforms.spec import FeatureSpecFile
+
+DEAD_LETTER_TAG = "dead_letter"
+MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class Event(NamedTuple):
+    """One parsed event, reduced to what the spec needs."""
+
+    event_time_ms: int
+    event_id: Optional[str]
+    keys: Sequence[str]  # one per entity in ParsePlan.entities order
+    nums: Sequence[Optional[float]]  # one per ParsePlan.num_fields
+    strs: Sequence[Optional[str]]  # one per ParsePlan.str_fields
+    matches: int  # bit i set when ParsePlan.where_clauses[i] matches
+
+
+class DeadLetter(NamedTuple):
+    """A record the pipeline refused, with why and where."""
+
+    payload: str
+    reason: str  # short code: invalid_json, bad_timestamp, missing_entity_key, bad_type, ...
+    error: str  # human-readable detail
+    stage: str  # parse | window | online_store | ...
+    time: str  # RFC 3339, when it was dead-lettered
+
+
+registry.register_coder(Event, RowCoder)
+registry.register_coder(DeadLetter, RowCoder)
+
+
+class BadEvent(ValueError):
+    def __init__(self, reason: str, error: str):
+        super().__init__(error)
+        self.reason = reason
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dead_letter(payload: Any, reason: str, error: str, stage: str) -> DeadLetter:
+    return DeadLetter(_payload_text(payload), reason, error, stage, now_rfc3339())
+
+
+def _payload_text(payload: Any) -> str:
+    if isinstance(payload, bytes):
+        return payload.decode("utf-8", errors="backslashreplace")
+    if isinstance(payload, str):
+        return payload
+    try:
+        return json.dumps(payload, default=str, allow_nan=True)
+    except (TypeError, ValueError):
+        return repr(payload)
+
+
+@dataclass(frozen=True)
+class StrField:
+    name: str
+    mode: str  # "string": must be a JSON string | "text": any scalar, canonical text (for sketches)
+
+
+@dataclass(frozen=True)
+class ParsePlan:
+    """What to extract from each event, compiled once from the spec."""
+
+    timestamp_field: str
+    id_field: Optional[str]
+    entities: tuple[tuple[str, str, str], ...]  # (entity name, join key, dtype)
+    num_fields: tuple[str, ...]
+    str_fields: tuple[StrField, ...]
+    where_clauses: tuple[tuple[tuple[str, tuple], ...], ...]  # ((field, allowed values), ...)
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpecFile) -> "ParsePlan":
+        used_entities = list(dict.fromkeys(v.entity for v in spec.feature_views))
+        nums: dict[str, None] = {}
+        strs: dict[StrField, None] = {}
+        wheres: dict[tuple, None] = {}
+        for view in spec.feature_views:
+            for feature in view.features:
+                kind = spec.value_type(feature)
+                if feature.agg == "approx_count_distinct":
+                    strs[StrField(feature.field, "text")] = None
+                elif feature.agg != "count":
+                    if kind == "double":
+                        nums[feature.field] = None
+                    else:
+                        strs[StrField(feature.field, "string")] = None
+                if feature.where:
+                    wheres[where_key(feature.where)] = None
+        return cls(
+            timestamp_field=spec.source.timestamp_field,
+            id_field=spec.source.id_field,
+            entities=tuple(
+                (name, spec.entities[name].join_key, spec.entities[name].dtype)
+                for name in used_entities
+            ),
+            num_fields=tuple(nums),
+            str_fields=tuple(strs),
+            where_clauses=tuple(wheres),
+        )
+
+    def entity_index(self, entity: str) -> int:
+        return [e[0] for e in self.entities].index(entity)
+
+    def num_index(self, field: str) -> int:
+        return self.num_fields.index(field)
+
+    def str_index(self, field: str, mode: str) -> int:
+        return self.str_fields.index(StrField(field, mode))
+
+    def where_bit(self, where: Optional[dict]) -> int:
+        return 0 if not where else 1 << self.where_clauses.index(where_key(where))
+
+    # -- parsing -------------------------------------------------------------------------
+    def parse(self, raw: Any) -> Event:
+        """Raw JSON (bytes/str) or dict -> Event; raises BadEvent with a reason."""
+        record = decode_json(raw) if isinstance(raw, (bytes, str)) else raw
+        if not isinstance(record, dict):
+            raise BadEvent("not_an_object", f"an event must be a JSON object (got {type(record).__name__})")
+        event_time_ms = parse_timestamp(record.get(self.timestamp_field), self.timestamp_field)
+        keys = [_entity_key(record.get(key), key, dtype) for _, key, dtype in self.entities]
+        nums = [_number(record.get(name), name) for name in self.num_fields]
+        strs = [_string(record.get(f.name), f.name, f.mode) for f in self.str_fields]
+        matches = 0
+        for bit, clause in enumerate(self.where_clauses):
+            if all(_equals_any(record.get(field), allowed) for field, allowed in clause):
+                matches |= 1 << bit
+        event_id = None
+        if self.id_field is not None:
+            raw_id = record.get(self.id_field)
+            if raw_id is not None:
+                if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+                    raise BadEvent("bad_type", f"{self.id_field}: must be a string or integer (got {raw_id!r})")
+                event_id = str(raw_id)
+        return Event(event_time_ms, event_id, keys, nums, strs, matches)
+
+
+def where_key(where: dict) -> tuple:
+    return tuple(
+        sorted((field, tuple(v) if isinstance(v, list) else (v,)) for field, v in where.items())
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes | str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as first:
+        # orjson refuses integers beyond 64 bits; the standard library does not. NaN and
+        # Infinity are refused by both (they are not JSON).
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            return json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise BadEvent("invalid_json", f"invalid JSON: {first}") from None
+
+
+def parse_timestamp(value: Any, field: str) -> int:
+    """Epoch milliseconds (int) or an RFC 3339 string with a time zone -> epoch ms."""
+    if value is None:
+        raise BadEvent("missing_timestamp", f"{field}: missing event timestamp")
+    if isinstance(value, bool):
+        raise BadEvent("bad_timestamp", f"{field}: must be epoch milliseconds or RFC 3339 (got {value!r})")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        millis = value
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise BadEvent("bad_timestamp", f"{field}: not an RFC 3339 timestamp (got {value!r})") from None
+        if parsed.tzinfo is None:
+            raise BadEvent("bad_timestamp", f"{field}: RFC 3339 timestamp needs a time zone (got {value!r})")
+        millis = _datetime_ms(parsed)
+    elif isinstance(value, dt.datetime):  # Parquet timestamp columns; naive means UTC there
+        millis = _datetime_ms(value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
+    else:
+        raise BadEvent("bad_timestamp", f"{field}: must be epoch milliseconds or RFC 3339 (got {value!r})")
+    if not 0 <= millis <= MAX_EPOCH_MS:
+        raise BadEvent("bad_timestamp", f"{field}: out of range 1970..9999 (got {value!r})")
+    return millis
+
+
+def _datetime_ms(value: dt.datetime) -> int:
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _entity_key(value: Any, field: str, dtype: str) -> str:
+    if value is None or value == "":
+        raise BadEvent("missing_entity_key", f"{field}: missing entity key")
+    if dtype == "string":
+        if not isinstance(value, str):
+            raise BadEvent(
+                "bad_type",
+                f"{field}: entity key must be a string (got {value!r}); set the entity's dtype: int64 for integer keys",
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not _INT64[0] <= value <= _INT64[1]:
+        raise BadEvent("bad_type", f"{field}: entity key must be a 64-bit integer (got {value!r})")
+    return str(value)
+
+
+def _number(value: Any, field: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadEvent("bad_type", f"{field}: must be a number (got {value!r})")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise BadEvent("bad_type", f"{field}: number out of range (got {value!r})") from None
+    if not math.isfinite(number):
+        raise BadEvent("bad_type", f"{field}: must be finite (got {value!r})")
+    return number
+
+
+def _string(value: Any, field: str, mode: str) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if mode == "text" and isinstance(value, (int, float, bool)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadEvent("bad_type", f"{field}: must be finite (got {value!r})")
+        return json.dumps(value)
+    expected = "a string" if mode == "string" else "a string, number or boolean"
+    raise BadEvent("bad_type", f"{field}: must be {expected} (got {value!r})")
+
+
+def _equals_any(value: Any, allowed: tuple) -> bool:
+    for candidate in allowed:
+        # JSON true must not equal 1: compare booleans only with booleans.
+        if isinstance(candidate, bool) or isinstance(value, bool):
+            if isinstance(candidate, bool) and isinstance(value, bool) and candidate == value:
+                return True
+        elif value == candidate:
+            return True
+    return False
+
+
+class _ParseFn(beam.DoFn):
+    def __init__(self, plan: ParsePlan):
+        self._plan = plan
+        self._events_in = Metrics.counter("parse", "events_in")
+        self._parsed = Metrics.counter("parse", "parsed")
+        self._dead = Metrics.counter("parse", "dead_lettered")
+
+    def process(self, raw: Any) -> Iterable:
+        self._events_in.inc()
+        try:
+            event = self._plan.parse(raw)
+        except BadEvent as err:
+            self._dead.inc()
+            Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(raw, err.reason, str(err), "parse"))
+            return
+        except Exception as err:  # a bug of ours must not kill the bundle or lose the event
+            self._dead.inc()
+            Metrics.counter("parse", "dead_letter_internal_error").inc()
+            yield pvalue.TaggedOutput(
+                DEAD_LETTER_TAG,
+                dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse"),
+            )
+            return
+        self._parsed.inc()
+        yield TimestampedValue(event, event.event_time_ms / 1000.0)
+
+
+class ParseEvents(beam.PTransform):
+    """Raw events -> (events: PCollection[Event] with event-time timestamps, dead_letters)."""
+
+    def __init__(self, spec: FeatureSpecFile, label: Optional[str] = None):
+        super().__init__(label)
+        self._plan = ParsePlan.from_spec(spec)
+
+    def expand(self, raw: beam.PCollection) -> pvalue.DoOutputsTuple:
+        parse = beam.ParDo(_ParseFn(self._plan)).with_output_types(Event)
+        return raw | "Parse" >> parse.with_outputs(DEAD_LETTER_TAG, main="events")

@@ -1,0 +1,182 @@
+"""Beam sinks: online store (batched per bundle), offline Parquet, dead letters.
+
+Clients are opened in `setup()` and closed in `teardown()`; rows are buffered per bundle and
+written in batches (one round trip per batch), flushed at the latest in `finish_bundle()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from typing import Iterable, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.events import DeadLetter
+from transforms.features import FeatureRow
+from transforms.spec import FeatureSpecFile
+from transforms.stores import offline
+from transforms.stores.online import OnlineStore, ViewLayout, is_current_window, layouts, open_online_store
+
+_LOG = logging.getLogger(__name__)
+
+
+class _WriteOnlineFn(beam.DoFn):
+    def __init__(self, url: str, spec: FeatureSpecFile, views: dict[str, ViewLayout], batch_size: int):
+        self._url = url
+        self._spec = spec
+        self._views = views
+        self._batch_size = batch_size
+        self._store: Optional[OnlineStore] = None
+        self._buffer: list[FeatureRow] = []
+        self._written = Metrics.counter("online_store", "rows_written")
+        self._stale = Metrics.counter("online_store", "rows_stale_skipped")
+        self._not_current = Metrics.counter("online_store", "rows_not_current_window")
+        self._batches = Metrics.counter("online_store", "batches")
+        self._latency = Metrics.distribution("online_store", "batch_write_ms")
+
+    def setup(self) -> None:
+        self._store = open_online_store(self._url, self._spec, self._views)
+
+    def start_bundle(self) -> None:
+        self._buffer = []
+
+    def process(self, row: FeatureRow) -> None:
+        if not is_current_window(row, self._views[row.view]):
+            self._not_current.inc()
+            return
+        self._buffer.append(row)
+        if len(self._buffer) >= self._batch_size:
+            self._flush()
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        started = time.perf_counter()
+        result = self._store.write(self._buffer)
+        self._latency.update(int((time.perf_counter() - started) * 1000))
+        self._batches.inc()
+        self._written.inc(result.written)
+        self._stale.inc(result.stale)
+        self._buffer = []
+
+    def teardown(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class WriteOnline(beam.PTransform):
+    """FeatureRows -> online store: current windows only, atomic and monotonic per entity."""
+
+    def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
+                 batch_size: int = 500):
+        super().__init__()
+        self._fn = _WriteOnlineFn(url, spec, views if views is not None else layouts(spec), batch_size)
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return rows | "Upsert current windows" >> beam.ParDo(self._fn)
+
+
+class _WriteOfflineFn(beam.DoFn):
+    def __init__(self, root: str, views: dict[str, ViewLayout], max_rows: int):
+        self._root = root
+        self._views = views
+        self._max_rows = max_rows
+        self._buffer: dict[str, list[FeatureRow]] = defaultdict(list)
+        self._count = 0
+        self._rows = Metrics.counter("offline_store", "rows_written")
+        self._files = Metrics.counter("offline_store", "files_written")
+
+    def start_bundle(self) -> None:
+        self._buffer = defaultdict(list)
+        self._count = 0
+
+    def process(self, row: FeatureRow) -> None:
+        self._buffer[row.view].append(row)
+        self._count += 1
+        if self._count >= self._max_rows:
+            self._flush()
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        for view, rows in self._buffer.items():
+            paths = offline.write_rows(self._root, self._views[view], rows)
+            self._files.inc(len(paths))
+            self._rows.inc(len(rows))
+        self._buffer = defaultdict(list)
+        self._count = 0
+
+
+class WriteOffline(beam.PTransform):
+    """FeatureRows -> Parquet, one row per emitted pane (every window, every pane)."""
+
+    def __init__(self, root: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
+                 max_rows_per_file: int = 200_000):
+        super().__init__()
+        self._fn = _WriteOfflineFn(root, views if views is not None else layouts(spec), max_rows_per_file)
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return rows | "Write Parquet" >> beam.ParDo(self._fn)
+
+
+class _WriteDeadLettersFn(beam.DoFn):
+    """Appends dead letters of a bundle to one JSONL file (written then renamed)."""
+
+    def __init__(self, directory: str):
+        self._directory = directory
+        self._lines: list[str] = []
+        self._written = Metrics.counter("dead_letters", "written")
+
+    def start_bundle(self) -> None:
+        self._lines = []
+
+    def process(self, letter: DeadLetter) -> None:
+        self._lines.append(json.dumps(letter._asdict(), ensure_ascii=False))
+
+    def finish_bundle(self) -> None:
+        if not self._lines:
+            return
+        if "://" not in self._directory:
+            os.makedirs(self._directory, exist_ok=True)
+        name = f"dead_letters-{uuid.uuid4().hex}.jsonl"
+        tmp = FileSystems.join(self._directory, f".{name}.tmp")
+        with FileSystems.create(tmp) as handle:
+            handle.write(("\n".join(self._lines) + "\n").encode("utf-8"))
+        FileSystems.rename([tmp], [FileSystems.join(self._directory, name)])
+        self._written.inc(len(self._lines))
+        _LOG.warning("%d dead letters written to %s", len(self._lines), self._directory)
+        self._lines = []
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead letters -> JSONL files in a directory (local or gs://)."""
+
+    def __init__(self, destination: str):
+        super().__init__()
+        self._destination = destination
+
+    def expand(self, letters: beam.PCollection) -> beam.PCollection:
+        return letters | "Write JSONL" >> beam.ParDo(_WriteDeadLettersFn(self._destination))
+
+
+def read_dead_letters(directory: str) -> Iterable[dict]:
+    """All dead letters written under a local directory (for tests, the demo and operators)."""
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("dead_letters-") and name.endswith(".jsonl"):
+            with open(os.path.join(directory, name), encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield json.loads(line)

@@ -1,0 +1,292 @@
+"""The feature spec: strict pydantic models, a YAML loader with precise errors, and durations.
+
+The spec is the single source of truth for the backfill, the streaming pipeline, the online
+reader and the templates. A typo is an error that names the file, the path and the bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+AGGREGATIONS = (
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "first",
+    "last",
+    "approx_count_distinct",
+    "approx_percentile",
+)
+NUMERIC_AGGS = frozenset({"sum", "mean", "min", "max", "approx_percentile"})
+
+
+class SpecError(ValueError):
+    """A user mistake in a spec: the message names file, path and value; no traceback needed."""
+
+
+def parse_duration(value: Any) -> int:
+    """'90s' | '5m' | '1h' | '1d' -> whole seconds."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a duration string like 30s, 5m, 1h or 1d (got {value!r})")
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise ValueError(f"must be a duration: an integer and one of s, m, h, d (got {value!r})")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+Scalar = Union[bool, int, float, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    timestamp_field: str = Field(min_length=1)
+    id_field: Optional[str] = None
+
+
+class EntitySpec(_Strict):
+    join_key: str = Field(pattern=_NAME)
+    # Feast's entity key encoding depends on the value type; most join keys are strings.
+    dtype: Literal["string", "int64"] = "string"
+
+
+class FixedWindow(_Strict):
+    type: Literal["fixed"]
+    size: Duration = Field(gt=0)
+
+
+class SlidingWindow(_Strict):
+    type: Literal["sliding"]
+    size: Duration = Field(gt=0)
+    period: Duration = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _period_divides_size(self) -> "SlidingWindow":
+        if self.period > self.size or self.size % self.period:
+            raise ValueError(
+                f"period must divide size (got size={self.size}s, period={self.period}s)"
+            )
+        return self
+
+
+class SessionWindow(_Strict):
+    type: Literal["session"]
+    gap: Duration = Field(gt=0)
+
+
+WindowSpec = Annotated[Union[FixedWindow, SlidingWindow, SessionWindow], Field(discriminator="type")]
+
+
+class TriggerSpec(_Strict):
+    early_every: Optional[Duration] = Field(default=None, gt=0)
+    late_every: Optional[int] = Field(default=None, gt=0, strict=True)
+
+
+class FeatureSpec(_Strict):
+    name: str = Field(pattern=_NAME)
+    agg: Literal[AGGREGATIONS]  # type: ignore[valid-type]
+    field: Optional[str] = None
+    where: Optional[dict[str, Union[Scalar, list[Scalar]]]] = None
+    q: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    # Only for first/last: the stored type. Default: double when the field feeds a numeric
+    # aggregation anywhere in the spec, else string.
+    dtype: Optional[Literal["string", "double"]] = None
+
+    @model_validator(mode="after")
+    def _check_arguments(self) -> "FeatureSpec":
+        if self.agg != "count" and not self.field:
+            raise ValueError(f"aggregation {self.agg!r} needs a 'field'")
+        if self.agg == "approx_percentile" and self.q is None:
+            raise ValueError("approx_percentile needs 'q' in [0, 1]")
+        if self.agg != "approx_percentile" and self.q is not None:
+            raise ValueError(f"'q' only applies to approx_percentile (agg is {self.agg!r})")
+        if self.dtype is not None and self.agg not in ("first", "last"):
+            raise ValueError(f"'dtype' only applies to first/last (agg is {self.agg!r})")
+        if self.where is not None and not self.where:
+            raise ValueError("'where' must list at least one field")
+        return self
+
+
+class FeatureViewSpec(_Strict):
+    name: str = Field(pattern=_NAME)
+    entity: str
+    window: WindowSpec
+    trigger: TriggerSpec = TriggerSpec()
+    allowed_lateness: Duration = Field(default=0, ge=0)
+    accumulation: Literal["accumulating", "discarding"] = "accumulating"
+    ttl: Optional[Duration] = Field(default=None, gt=0)
+    features: list[FeatureSpec] = Field(min_length=1)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_feature_names(cls, features: list[FeatureSpec]) -> list[FeatureSpec]:
+        seen: set[str] = set()
+        for feature in features:
+            if feature.name in seen:
+                raise ValueError(f"duplicate feature name {feature.name!r}")
+            seen.add(feature.name)
+        return features
+
+    @property
+    def period_seconds(self) -> Optional[int]:
+        """The refresh period of the online value: sliding period, fixed size, none for sessions."""
+        if isinstance(self.window, SlidingWindow):
+            return self.window.period
+        if isinstance(self.window, FixedWindow):
+            return self.window.size
+        return None
+
+
+class FeatureSpecFile(_Strict):
+    project: str = Field(pattern=_NAME)
+    source: SourceSpec
+    entities: dict[str, EntitySpec] = Field(min_length=1)
+    feature_views: list[FeatureViewSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "FeatureSpecFile":
+        names: set[str] = set()
+        for i, view in enumerate(self.feature_views):
+            if view.entity not in self.entities:
+                raise _located(
+                    ("feature_views", i, "entity"),
+                    f"unknown entity {view.entity!r} (defined: {', '.join(self.entities)})",
+                )
+            if view.name in names:
+                raise _located(("feature_views", i, "name"), f"duplicate view name {view.name!r}")
+            names.add(view.name)
+        return self
+
+    def view(self, name: str) -> FeatureViewSpec:
+        for view in self.feature_views:
+            if view.name == name:
+                return view
+        known = ", ".join(v.name for v in self.feature_views) or "none"
+        raise SpecError(f"unknown view {name!r} (views in the spec: {known})")
+
+    def numeric_fields(self) -> frozenset[str]:
+        return frozenset(
+            f.field
+            for v in self.feature_views
+            for f in v.features
+            if f.agg in NUMERIC_AGGS and f.field
+        )
+
+    def value_type(self, feature: FeatureSpec) -> str:
+        """'int64' | 'double' | 'string': the stored type of a feature's values."""
+        if feature.agg in ("count", "approx_count_distinct"):
+            return "int64"
+        if feature.agg in ("first", "last"):
+            if feature.dtype:
+                return feature.dtype
+            return "double" if feature.field in self.numeric_fields() else "string"
+        return "double"
+
+
+class _LocatedError(ValueError):
+    """Raised inside validators that know a more precise location than pydantic would give."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _located(loc: tuple, message: str) -> _LocatedError:
+    return _LocatedError(loc, message)
+
+
+_UNION_TAGS = {"fixed", "sliding", "session"}
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # pydantic puts the discriminator tag and the type of union members into locations.
+        if i and loc[i - 1] == "window" and part in _UNION_TAGS:
+            continue
+        if part in ("bool", "int", "float", "str", "list[union[bool,int,float,str]]"):
+            continue
+        if part.startswith(("function-", "literal[", "list[")):
+            continue
+        out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format_error(source: str, err: dict) -> str:
+    loc = _format_loc(tuple(err.get("loc", ())))
+    kind = err.get("type", "")
+    msg = err.get("msg", "invalid")
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "literal_error" and loc.endswith(".agg"):
+        msg = f"unknown aggregation (expected one of {', '.join(AGGREGATIONS)})"
+    elif kind == "union_tag_invalid":
+        msg = "unknown window type (expected fixed, sliding or session)"
+        err = {**err, "input": err.get("ctx", {}).get("tag")}
+    elif ".where." in f".{loc}":
+        msg = "must be a string, number, boolean, or a list of them"
+    msg = msg.removeprefix("Value error, ")
+    if "input" in err and kind not in ("missing",) and "(got" not in msg:
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{source}: {loc}: {msg}"
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> FeatureSpecFile:
+    """Validate a spec given as a dict; raise SpecError naming source, path and bad value."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: (top level): must be a mapping (got {type(data).__name__})")
+    try:
+        return FeatureSpecFile.model_validate(data)
+    except _LocatedError as err:  # pragma: no cover - pydantic wraps these; kept for safety
+        raise SpecError(f"{source}: {_format_loc(err.loc)}: {err.message}") from None
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        ctx_error = first.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _LocatedError):
+            raise SpecError(f"{source}: {_format_loc(ctx_error.loc)}: {ctx_error.message}") from None
+        raise SpecError(_format_error(source, first)) from None
+
+
+def load_spec(path: str | Path) -> FeatureSpecFile:
+    """Read a YAML spec with yaml.safe_load (never yaml.load) and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the feature spec: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"{path}: {where}invalid YAML: {problem}") from None
+    return parse_spec(data, str(path))

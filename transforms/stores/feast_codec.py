@@ -1,0 +1,138 @@
+"""Feast's online byte layout: entity keys (serialization v3), Value protobufs, field hashes.
+
+We mirror `feast.types.Value` with the protobuf library (a private descriptor pool, so it never
+clashes with Feast's own classes when both are imported) instead of depending on Feast at run
+time. Golden values from Feast's own functions are checked in tests/test_feast_codec.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from typing import Any, Optional, Sequence
+
+import mmh3
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.timestamp_pb2 import Timestamp
+
+# feast.types.ValueType enum values used in entity key serialization.
+VALUE_TYPE_STRING = 2
+VALUE_TYPE_INT64 = 4
+
+# feast/protos/feast/types/Value.proto, the fields we read and write (numbers are the contract).
+_VALUE_FIELDS = [
+    ("bytes_val", 1, descriptor_pb2.FieldDescriptorProto.TYPE_BYTES),
+    ("string_val", 2, descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+    ("int32_val", 3, descriptor_pb2.FieldDescriptorProto.TYPE_INT32),
+    ("int64_val", 4, descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("double_val", 5, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
+    ("float_val", 6, descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT),
+    ("bool_val", 7, descriptor_pb2.FieldDescriptorProto.TYPE_BOOL),
+    ("unix_timestamp_val", 8, descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+]
+_LIST_FIELDS = [
+    ("string_list_val", 12, "StringList", descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+    ("int64_list_val", 14, "Int64List", descriptor_pb2.FieldDescriptorProto.TYPE_INT64),
+    ("double_list_val", 15, "DoubleList", descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE),
+    ("float_list_val", 16, "FloatList", descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT),
+]
+
+
+def _build_value_class() -> type:
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="beam_features/feast_value.proto", package="beam_features.feast", syntax="proto3"
+    )
+    for list_name, _, list_type, scalar in [(n, i, t, s) for n, i, t, s in _LIST_FIELDS]:
+        msg = fdp.message_type.add(name=list_type)
+        msg.field.add(
+            name="val", number=1, type=scalar, label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+        )
+    value = fdp.message_type.add(name="Value")
+    value.oneof_decl.add(name="val")
+    for name, number, kind in _VALUE_FIELDS:
+        value.field.add(
+            name=name, number=number, type=kind,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, oneof_index=0,
+        )
+    for name, number, list_type, _ in _LIST_FIELDS:
+        value.field.add(
+            name=name, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+            type_name=f".beam_features.feast.{list_type}",
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, oneof_index=0,
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("beam_features.feast.Value"))
+
+
+Value = _build_value_class()
+
+
+def encode_value(value: Any, value_type: str) -> bytes:
+    """A feature value -> serialized Feast Value. None -> empty Value (Feast reads it as null)."""
+    if value is None:
+        return b""
+    msg = Value()
+    if value_type == "int64":
+        msg.int64_val = int(value)
+    elif value_type == "double":
+        msg.double_val = float(value)
+    elif value_type == "string":
+        msg.string_val = str(value)
+    elif value_type == "float_list":
+        msg.float_list_val.val.extend(value)
+    else:
+        raise ValueError(f"unsupported value type {value_type!r}")
+    return msg.SerializeToString()
+
+
+def decode_value(data: Optional[bytes]) -> Any:
+    """Serialized Feast Value -> Python value (None for absent or empty)."""
+    if not data:
+        return None
+    msg = Value.FromString(data)
+    kind = msg.WhichOneof("val")
+    if kind is None:
+        return None
+    if kind.endswith("_list_val"):
+        return list(getattr(msg, kind).val)
+    return getattr(msg, kind)
+
+
+def serialize_entity_key(join_keys: Sequence[str], values: Sequence[Any], dtypes: Sequence[str]) -> bytes:
+    """Feast entity key serialization v3: count, then sorted keys (type, len, name), then values."""
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
+    out = [struct.pack("<I", len(join_keys))]
+    for i in order:
+        name = join_keys[i].encode("utf-8")
+        out.append(struct.pack("<II", VALUE_TYPE_STRING, len(name)))
+        out.append(name)
+    for i in order:
+        if dtypes[i] == "int64":
+            out.append(struct.pack("<IIq", VALUE_TYPE_INT64, 8, int(values[i])))
+        else:
+            raw = str(values[i]).encode("utf-8")
+            out.append(struct.pack("<II", VALUE_TYPE_STRING, len(raw)))
+            out.append(raw)
+    return b"".join(out)
+
+
+def feature_field(view: str, feature: str) -> bytes:
+    """Redis hash field of a feature: unsigned murmur3_32 of 'view:feature', 4 bytes LE."""
+    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
+
+
+def encode_timestamp(millis: int) -> bytes:
+    ts = Timestamp(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+    return ts.SerializeToString()
+
+
+def ms_to_datetime(millis: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)
+
+
+def rfc3339(millis: Optional[int]) -> Optional[str]:
+    if millis is None:
+        return None
+    text = ms_to_datetime(millis).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")

@@ -1,0 +1,170 @@
+"""Embedded online store in SQLite, in Feast's SQLite online store layout.
+
+Feature values live in Feast's table `<project>_<view>` (entity_key, feature_name, value,
+value_text, vector_value, event_ts, created_ts), so Feast's own `get_online_features` reads them.
+Our bookkeeping (the stored window and pane per entity) lives in a separate table, and every
+batch is one `BEGIN IMMEDIATE` transaction: atomic, and safe with several writer processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from transforms.features import FeatureRow
+from transforms.stores.feast_codec import decode_value, encode_value, serialize_entity_key
+from transforms.stores.online import (
+    OnlineRecord,
+    OnlineStore,
+    StoreError,
+    ViewLayout,
+    WriteResult,
+    with_retries,
+)
+from transforms.spec import FeatureSpecFile
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _sqlite_ts(millis: int) -> str:
+    # The text sqlite3's default datetime adapter writes, which Feast's reader parses back.
+    value = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=millis)
+    return value.isoformat(" ")
+
+
+def sqlite_path(url: str) -> str:
+    """sqlite:///relative/path.db or sqlite:////absolute/path.db -> filesystem path."""
+    if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+        raise StoreError(f"--online_store: expected sqlite:///path/online.db (got {url!r})")
+    return url[len("sqlite:///"):]
+
+
+class SqliteOnlineStore(OnlineStore):
+    def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None):
+        super().__init__(spec, views)
+        self.path = sqlite_path(url)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as err:
+            raise StoreError(f"--online_store: cannot open SQLite database {self.path!r}: {err}") from err
+        self._meta = _quote(f"{self.project}__windows")
+        with_retries(self._create_tables, (sqlite3.OperationalError,), f"SQLite {self.path}")
+
+    def _table(self, view: str) -> str:
+        return _quote(f"{self.project}_{view}")
+
+    def _create_tables(self) -> None:
+        conn = self._conn
+        for view in self.views:
+            table = self._table(view)
+            # Exactly Feast's statements (feast/infra/online_stores/sqlite.py, update()).
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (entity_key BLOB, feature_name TEXT, value BLOB, "
+                "value_text TEXT, vector_value BLOB, event_ts timestamp, created_ts timestamp,  "
+                "PRIMARY KEY(entity_key, feature_name))"
+            )
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {_quote(f'{self.project}_{view}_ek')} ON {table} (entity_key);"
+            )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._meta} (view TEXT, entity_key BLOB, "
+            "window_start INTEGER, window_end INTEGER, pane_index INTEGER, written_at INTEGER, "
+            "PRIMARY KEY(view, entity_key))"
+        )
+
+    def write(self, rows: Sequence[FeatureRow]) -> WriteResult:
+        if not rows:
+            return WriteResult(0, 0)
+        return with_retries(
+            lambda: self._write_once(rows), (sqlite3.OperationalError,), f"SQLite {self.path}"
+        )
+
+    def _write_once(self, rows: Sequence[FeatureRow]) -> WriteResult:
+        conn = self._conn
+        written = stale = 0
+        now_ms = int(time.time() * 1000)
+        created = _sqlite_ts(now_ms)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                layout = self.layout(row.view)
+                key = serialize_entity_key([layout.join_key], [row.entity], [layout.key_dtype])
+                stored = conn.execute(
+                    f"SELECT window_end, pane_index FROM {self._meta} WHERE view = ? AND entity_key = ?",
+                    (row.view, key),
+                ).fetchone()
+                # Skip older windows, and the exact same pane (a replay leaves the same state).
+                if stored is not None and (row.window_end_ms, row.pane_index) <= tuple(stored):
+                    stale += 1
+                    continue
+                conn.execute(
+                    f"INSERT OR REPLACE INTO {self._meta} VALUES (?, ?, ?, ?, ?, ?)",
+                    (row.view, key, row.window_start_ms, row.window_end_ms, row.pane_index, now_ms),
+                )
+                event_ts = _sqlite_ts(row.window_end_ms)
+                conn.executemany(
+                    f"INSERT INTO {self._table(row.view)} (entity_key, feature_name, value, value_text, "
+                    "event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) "
+                    "DO UPDATE SET value = excluded.value, value_text = excluded.value_text, "
+                    "event_ts = excluded.event_ts, created_ts = excluded.created_ts",
+                    [
+                        (key, name, encode_value(value, kind), _value_text(value), event_ts, created)
+                        for name, kind, value in zip(layout.feature_names, layout.value_types, row.features)
+                    ],
+                )
+                written += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return WriteResult(written, stale)
+
+    def read(self, view: str, entities: Sequence[Any]) -> list[Optional[OnlineRecord]]:
+        layout = self.layout(view)
+        now_ms = int(time.time() * 1000)
+        out: list[Optional[OnlineRecord]] = []
+        for entity in entities:
+            key = serialize_entity_key([layout.join_key], [entity], [layout.key_dtype])
+            meta = self._conn.execute(
+                f"SELECT window_start, window_end, pane_index, written_at FROM {self._meta} "
+                "WHERE view = ? AND entity_key = ?",
+                (view, key),
+            ).fetchone()
+            # Honour ttl like Redis key expiry: counted from the last write.
+            if meta is None or (layout.ttl_seconds and meta[3] + layout.ttl_seconds * 1000 < now_ms):
+                out.append(None)
+                continue
+            values = dict(
+                self._conn.execute(
+                    f"SELECT feature_name, value FROM {self._table(view)} WHERE entity_key = ?", (key,)
+                ).fetchall()
+            )
+            features = {name: decode_value(values.get(name)) for name in layout.feature_names}
+            out.append(OnlineRecord(meta[0], meta[1], meta[2], features))
+        return out
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _value_text(value: Any) -> Optional[str]:
+    # Feast fills value_text with str() of scalar values (helpers.extract_text_and_num).
+    if value is None or isinstance(value, (list, tuple)):
+        return None
+    return str(value)
+
+
+def remove_database(url: str) -> None:
+    path = sqlite_path(url)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
