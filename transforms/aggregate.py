@@ -251,7 +251,9 @@ class FeatureViewCombineFn(beam.CombineFn):
 
     def merge_accumulators(self, accumulators: Iterable[list]) -> list:
         it = iter(accumulators)
-        result = next(it)
+        result = next(it, None)
+        if result is None:  # Beam may merge an empty set (e.g. a pane with no new input)
+            return self.create_accumulator()
         for acc in it:
             if acc[0] > result[0]:
                 result[0] = acc[0]

@@ -1,0 +1,46 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from transforms.spec import FeatureSpecFile, parse_spec
+
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, seconds: window boundaries line up with minutes
+
+
+def make_spec(views: list[dict], project: str = "shop", entities: Optional[dict] = None,
+              id_field: Optional[str] = None) -> FeatureSpecFile:
+    source: dict[str, Any] = {"timestamp_field": "ts"}
+    if id_field:
+        source["id_field"] = id_field
+    return parse_spec({
+        "project": project,
+        "source": source,
+        "entities": entities or {"user": {"join_key": "user_id"}},
+        "feature_views": views,
+    })
+
+
+def view(name: str = "v", window: Optional[dict] = None, features: Optional[list] = None, **kw) -> dict:
+    return {
+        "name": name,
+        "entity": kw.pop("entity", "user"),
+        "window": window or {"type": "fixed", "size": "1m"},
+        "features": features or [
+            {"name": "n", "agg": "count"},
+            {"name": "s", "agg": "sum", "field": "amount"},
+        ],
+        **kw,
+    }
+
+
+def event(t: float, user: str = "u1", amount: Optional[float] = 1.0, **fields) -> str:
+    """A JSON event at T0 + t seconds."""
+    record = {"ts": int((T0 + t) * 1000), "user_id": user, "amount": amount, **fields}
+    return json.dumps(record)
+
+
+def ms(t: float) -> int:
+    return int((T0 + t) * 1000)

@@ -1,0 +1,107 @@
+"""Parsing: typed extraction, and every kind of bad event becomes a dead letter with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from conftest import batch_options
+from helpers import T0, make_spec, view
+from transforms.events import BadEvent, Event, ParseEvents, ParsePlan
+
+FEATURES = [
+    {"name": "n", "agg": "count", "where": {"event_type": "click"}},
+    {"name": "s", "agg": "sum", "field": "amount"},
+    {"name": "last_item", "agg": "last", "field": "item"},
+    {"name": "items", "agg": "approx_count_distinct", "field": "sku"},
+]
+SPEC = make_spec([view(features=FEATURES)], id_field="id")
+PLAN = ParsePlan.from_spec(SPEC)
+TS = T0 * 1000
+
+
+def test_parses_bytes_str_and_dicts_into_events():
+    record = {"ts": TS, "user_id": "u1", "amount": 2, "item": "i1", "sku": 42, "event_type": "click", "id": 7}
+    expected = Event(TS, "7", ["u1"], [2.0], ["i1", "42"], 1)
+    assert PLAN.parse(json.dumps(record).encode()) == expected
+    assert PLAN.parse(json.dumps(record)) == expected
+    assert PLAN.parse(record) == expected
+
+
+@pytest.mark.parametrize("value, millis", [
+    (TS, TS),
+    ("2026-01-01T00:00:00Z", TS),
+    ("2026-01-01T01:00:00.250+01:00", TS + 250),
+    (float(TS), TS),
+])
+def test_timestamps_epoch_ms_or_rfc3339(value, millis):
+    assert PLAN.parse({"ts": value, "user_id": "u"}).event_time_ms == millis
+
+
+@pytest.mark.parametrize("raw, reason, detail", [
+    (b'{"ts": 1, "user_id": ', "invalid_json", "invalid JSON"),
+    (b"\xff\xfe\x00", "invalid_json", "invalid JSON"),
+    (b'{"ts": NaN, "user_id": "u"}', "invalid_json", "invalid JSON"),
+    (b'[1, 2]', "not_an_object", "must be a JSON object (got list)"),
+    (b'"text"', "not_an_object", "must be a JSON object (got str)"),
+    (b'{"user_id": "u"}', "missing_timestamp", "ts: missing event timestamp"),
+    (b'{"ts": "yesterday", "user_id": "u"}', "bad_timestamp", "not an RFC 3339 timestamp"),
+    (b'{"ts": "2026-01-01T00:00:00", "user_id": "u"}', "bad_timestamp", "needs a time zone"),
+    (b'{"ts": true, "user_id": "u"}', "bad_timestamp", "must be epoch milliseconds"),
+    (b'{"ts": 1.5, "user_id": "u"}', "bad_timestamp", "must be epoch milliseconds"),
+    (b'{"ts": -5, "user_id": "u"}', "bad_timestamp", "out of range"),
+    (b'{"ts": 99999999999999999, "user_id": "u"}', "bad_timestamp", "out of range"),
+    (b'{"ts": 1767225600000}', "missing_entity_key", "user_id: missing entity key"),
+    (b'{"ts": 1767225600000, "user_id": ""}', "missing_entity_key", "user_id: missing entity key"),
+    (b'{"ts": 1767225600000, "user_id": 5}', "bad_type", "entity key must be a string"),
+    (b'{"ts": 1767225600000, "user_id": "u", "amount": "12 EUR"}', "bad_type", "amount: must be a number"),
+    (b'{"ts": 1767225600000, "user_id": "u", "amount": true}', "bad_type", "amount: must be a number"),
+    (b'{"ts": 1767225600000, "user_id": "u", "amount": 1e999}', "bad_type", "amount: must be finite"),
+    (b'{"ts": 1767225600000, "user_id": "u", "amount": ' + b"9" * 400 + b"}", "bad_type", "out of range"),
+    (b'{"ts": 1767225600000, "user_id": "u", "item": 5}', "bad_type", "item: must be a string"),
+    (b'{"ts": 1767225600000, "user_id": "u", "sku": {"a": 1}}', "bad_type", "sku: must be a string, number"),
+    (b'{"ts": 1767225600000, "user_id": "u", "id": [1]}', "bad_type", "id: must be a string or integer"),
+])
+def test_bad_events_raise_with_a_reason(raw, reason, detail):
+    with pytest.raises(BadEvent) as err:
+        PLAN.parse(raw)
+    assert err.value.reason == reason
+    assert detail in str(err.value)
+
+
+def test_absent_optional_fields_are_null_not_errors():
+    event = PLAN.parse({"ts": TS, "user_id": "u", "amount": None})
+    assert (event.nums, event.strs, event.matches, event.event_id) == ([None], [None, None], 0, None)
+
+
+def test_int64_entity_keys():
+    spec = make_spec([view()], entities={"user": {"join_key": "user_id", "dtype": "int64"}})
+    plan = ParsePlan.from_spec(spec)
+    assert plan.parse({"ts": TS, "user_id": 42}).keys == ["42"]
+    with pytest.raises(BadEvent, match="64-bit integer"):
+        plan.parse({"ts": TS, "user_id": "42"})
+
+
+def test_pipeline_reconciles_events_in_with_parsed_plus_dead_letters():
+    good = [json.dumps({"ts": TS + i, "user_id": f"u{i % 3}", "amount": i}).encode() for i in range(50)]
+    bad = [b"{", b'{"user_id": "u"}', b"\xff", b'{"ts": 1, "user_id": "u", "amount": "x"}']
+    with beam.Pipeline(options=batch_options()) as p:
+        out = p | beam.Create(good + bad) | ParseEvents(SPEC)
+        assert_that(out.events | "count events" >> beam.combiners.Count.Globally(), equal_to([50]),
+                    label="parsed")
+        assert_that(
+            out.dead_letter | beam.Map(lambda d: (d.payload, d.reason, d.stage)),
+            equal_to([
+                ("{", "invalid_json", "parse"),
+                ('{"user_id": "u"}', "missing_timestamp", "parse"),
+                ("\\xff", "invalid_json", "parse"),
+                ('{"ts": 1, "user_id": "u", "amount": "x"}', "bad_type", "parse"),
+            ]),
+            label="dead letters",
+        )
+    counters = {c.key.metric.name: c.committed for c in p.result.metrics().query()["counters"]}
+    assert counters["events_in"] == 54 == counters["parsed"] + counters["dead_lettered"]
+    assert counters["dead_letter_invalid_json"] == 2
