@@ -18,6 +18,7 @@ from pipelines.common import (
     UsageError,
     check_online_store,
     is_local,
+    require,
     redacted,
     report,
     run_main,
@@ -28,50 +29,49 @@ from transforms.spec import load_spec
 _LOG = logging.getLogger(__name__)
 
 
-class BackfillOptions(FeatureStoreOptions):
+class BackfillOptions(PipelineOptions):
+    # A direct PipelineOptions subclass: Beam only discovers direct subclasses' flags.
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--events", help="Glob of JSONL (.jsonl, .json, .gz) or .parquet event files.")
 
 
-def build(pipeline: beam.Pipeline, options: BackfillOptions) -> None:
-    spec = load_spec(options.feature_spec)
+def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions) -> None:
+    spec = load_spec(stores.feature_spec)
     (
         pipeline
-        | "Read events" >> ReadEventFiles(options.events)
+        | "Read events" >> ReadEventFiles(events)
         | "Features" >> FeaturePipeline(
             spec,
             streaming=False,
-            online_store=options.online_store,
-            offline_store=options.offline_store,
-            dead_letter=options.dead_letter,
+            online_store=stores.online_store,
+            offline_store=stores.offline_store,
+            dead_letter=stores.dead_letter,
         )
     )
 
 
 def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineResult:
     options = PipelineOptions(argv)
-    backfill = options.view_as(BackfillOptions)
-    missing = [f"--{n}" for n in ("events", "feature_spec", "online_store", "offline_store")
-               if not getattr(backfill, n)]
-    if missing:
-        raise UsageError(f"missing required option(s): {', '.join(missing)}")
-    spec = load_spec(backfill.feature_spec)
-    if not matching_files(backfill.events):
-        raise UsageError(f"--events: no files match {backfill.events!r}")
-    if backfill.dead_letter is None:
-        backfill.dead_letter = backfill.offline_store.rstrip("/") + "/_dead_letters"
+    events = options.view_as(BackfillOptions).events
+    stores = options.view_as(FeatureStoreOptions)
+    require(options, "events", "feature_spec", "online_store", "offline_store")
+    spec = load_spec(stores.feature_spec)
+    if not matching_files(events):
+        raise UsageError(f"--events: no files match {events!r}")
+    if stores.dead_letter is None:
+        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or "DirectRunner"
     if is_local(options):
-        check_online_store(backfill.online_store, spec)
+        check_online_store(stores.online_store, spec)
     _LOG.info(
         "backfill: %d view(s) from %s -> online %s, offline %s, dead letters %s",
-        len(spec.feature_views), backfill.events, redacted(backfill.online_store),
-        backfill.offline_store, backfill.dead_letter,
+        len(spec.feature_views), events, redacted(stores.online_store),
+        stores.offline_store, stores.dead_letter,
     )
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, backfill)
+    build(pipeline, events, stores)
     result = pipeline.run()
     result.wait_until_finish()
     return result

@@ -44,7 +44,8 @@ def fail(program: str, message: str, code: int = 2) -> NoReturn:
 
 
 def require(options: PipelineOptions, *names: str) -> None:
-    missing = [f"--{n}" for n in names if not getattr(options, n, None)]
+    values = options.get_all_options()
+    missing = [f"--{n}" for n in names if not values.get(n)]
     if missing:
         raise UsageError(f"missing required option(s): {', '.join(missing)}")
 
@@ -87,7 +88,7 @@ def report(result: beam.runners.runner.PipelineResult, out=sys.stderr) -> dict[s
 def run_main(program: str, main) -> None:
     """Run an entry point; user mistakes become one line on stderr and a non-zero exit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam.runners", "apache_beam.io", "apache_beam.transforms"):
+    for noisy in ("apache_beam.runners", "apache_beam.io", "apache_beam.transforms", "apache_beam.typehints"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         main()

@@ -8,7 +8,6 @@ batch is one `BEGIN IMMEDIATE` transaction: atomic, and safe with several writer
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sqlite3
 import time
@@ -32,10 +31,10 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _sqlite_ts(millis: int) -> str:
-    # The text sqlite3's default datetime adapter writes, which Feast's reader parses back.
-    value = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=millis)
-    return value.isoformat(" ")
+def _sqlite_ts(millis: int) -> int:
+    # Feast's SQLite store registers an adapter that writes timestamps as integer epoch seconds,
+    # and a "timestamp" converter that reads them back the same way.
+    return millis // 1000
 
 
 def sqlite_path(url: str) -> str:

@@ -1,0 +1,189 @@
+"""Online stores against real servers: Feast-compatible bytes, atomic monotonic upserts, ttl,
+and Feast's own `get_online_features` reading what we wrote."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import time
+import urllib.parse
+
+import pytest
+import redis
+
+from helpers import make_spec, view
+from transforms.features import FeatureRow
+from transforms.stores.feast_codec import (
+    encode_timestamp,
+    encode_value,
+    feature_field,
+    serialize_entity_key,
+)
+from transforms.stores.online import StoreError, is_current_window, layouts, open_online_store, redact_url
+
+FEATURES = [
+    {"name": "clicks", "agg": "count"},
+    {"name": "spend", "agg": "sum", "field": "amount"},
+    {"name": "avg_amount", "agg": "mean", "field": "amount"},
+    {"name": "last_item", "agg": "last", "field": "item"},
+]
+
+
+def spec_for(project: str, ttl: str | None = "1d"):
+    extra = {"ttl": ttl} if ttl else {}
+    return make_spec([view(name="user_5m", features=FEATURES,
+                           window={"type": "sliding", "size": "5m", "period": "1m"}, **extra)],
+                     project=project)
+
+
+def row(entity="u1", end_min=5, pane=0, features=(5, 12.5, 2.5, "i9"), timing="ON_TIME", max_event_min=None):
+    end = end_min * 60_000
+    max_event = (max_event_min * 60_000) if max_event_min is not None else end - 1
+    return FeatureRow("user_5m", entity, end - 300_000, end, timing, pane, max_event, features)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path, redis_url):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/online.db"
+    return redis_url
+
+
+def test_golden_bytes_match_feasts_layout():
+    # REFERENCE.md golden values, computed with Feast's own functions.
+    assert (serialize_entity_key(["user_id"], ["u1"], ["string"]) + b"shop").hex() == (
+        "010000000200000007000000757365725f69640200000002000000753173686f70")
+    assert feature_field("user_5m", "clicks").hex() == "0e466c7a"
+    assert encode_timestamp(1767225900000).hex() == "08acf4d6ca06"
+    assert encode_value(5, "int64").hex() == "2005"
+    assert encode_value(12.5, "double").hex() == "29" + struct.pack("<d", 12.5).hex()
+    assert encode_value("i9", "string").hex() == "12026939"
+    assert encode_value([0.5, -1], "float_list").hex() == "82010a0a080000003f000080bf"
+    assert encode_value(None, "double") == b""
+
+
+def test_entity_keys_match_feast_for_strings_ints_and_several_keys():
+    from feast.infra.key_encoding_utils import serialize_entity_key as feast_serialize
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=-42)])
+    assert serialize_entity_key(["user_id"], [-42], ["int64"]) == feast_serialize(key, 3)
+    key = EntityKey(join_keys=["z", "a"], entity_values=[Value(string_val="ž"), Value(int64_val=7)])
+    assert serialize_entity_key(["z", "a"], ["ž", 7], ["string", "int64"]) == feast_serialize(key, 3)
+
+
+def test_write_then_read_exact_values(store_url, project):
+    store = open_online_store(store_url, spec_for(project))
+    assert store.write([row(), row("u2", features=(0, 0.0, None, None))]) == (2, 0)
+    got = store.read("user_5m", ["u1", "u2", "nobody"])
+    assert got[0] == (0, 300_000, 0, {"clicks": 5, "spend": 12.5, "avg_amount": 2.5, "last_item": "i9"})
+    assert got[1].features == {"clicks": 0, "spend": 0.0, "avg_amount": None, "last_item": None}
+    assert got[2] is None
+    store.close()
+
+
+def test_writes_are_monotonic_in_window_end_and_pane_index(store_url, project):
+    store = open_online_store(store_url, spec_for(project))
+    assert store.write([row(end_min=6, pane=1, features=(6, 1.0, 1.0, "new"))]).written == 1
+    # an older window never overwrites a newer one, whatever its pane
+    assert store.write([row(end_min=5, pane=9, features=(1, 1.0, 1.0, "old"))]) == (0, 1)
+    # the same pane again (a replay) changes nothing
+    assert store.write([row(end_min=6, pane=1, features=(99, 1.0, 1.0, "dup"))]) == (0, 1)
+    assert store.read("user_5m", ["u1"])[0].features["clicks"] == 6
+    # a later pane of the same window replaces it, nulls included
+    assert store.write([row(end_min=6, pane=2, features=(7, 2.0, None, None), timing="LATE")]).written == 1
+    assert store.read("user_5m", ["u1"])[0] == (60_000, 360_000, 2,
+                                                 {"clicks": 7, "spend": 2.0, "avg_amount": None, "last_item": None})
+    # within one batch the order of rows does not matter
+    batch = [row(end_min=8, pane=0, features=(8, 0.0, None, "b")), row(end_min=7, pane=3, features=(3, 0.0, None, "a"))]
+    assert store.write(batch) == (1, 1)
+    assert store.read("user_5m", ["u1"])[0].features["last_item"] == "b"
+    store.close()
+
+
+def test_only_the_window_ending_after_the_latest_event_is_current():
+    layout = layouts(spec_for("p"))["user_5m"]
+    # event at 4.5 min: windows ending 5..9 contain it; the one ending at 5 is current
+    assert is_current_window(row(end_min=5, max_event_min=4.5), layout)
+    assert not is_current_window(row(end_min=6, max_event_min=4.5), layout)
+    assert is_current_window(row(end_min=5, max_event_min=4), layout)  # boundary belongs to [4, 5)
+
+
+def test_redis_layout_is_feasts_and_ttl_is_set(redis_url, project):
+    store = open_online_store(redis_url, spec_for(project, ttl="1h"))
+    store.write([row()])
+    client = redis.Redis.from_url(redis_url)
+    key = serialize_entity_key(["user_id"], ["u1"], ["string"]) + project.encode()
+    stored = client.hgetall(key)
+    assert stored[feature_field("user_5m", "clicks")] == encode_value(5, "int64")
+    assert stored[feature_field("user_5m", "last_item")] == encode_value("i9", "string")
+    assert stored[b"_ts:user_5m"] == encode_timestamp(300_000)
+    assert stored[b"_win:user_5m"] == b"300000:0:0"
+    assert 3_590_000 < client.pttl(key) <= 3_600_000
+    store.close()
+
+
+def test_sqlite_read_honours_ttl(tmp_path, project):
+    store = open_online_store(f"sqlite:///{tmp_path}/o.db", spec_for(project, ttl="1s"))
+    store.write([row()])
+    assert store.read("user_5m", ["u1"])[0] is not None
+    time.sleep(1.2)
+    assert store.read("user_5m", ["u1"]) == [None]
+
+
+def test_unreachable_redis_fails_clearly_without_leaking_the_password(spec=spec_for("p")):
+    store = open_online_store("redis://admin:s3cret@127.0.0.1:1/0", spec)
+    with pytest.raises(StoreError) as err:
+        store.write([row()])
+    assert "failed after 6 attempts" in str(err.value) and "s3cret" not in str(err.value)
+    assert redact_url("rediss://admin:s3cret@host:6380/1") == "rediss://admin:***@host:6380/1"
+    with pytest.raises(StoreError, match="unsupported URL 'mysql://u:\\*\\*\\*@h/db'"):
+        open_online_store("mysql://u:pw@h/db", spec)
+
+
+def _feast_read(tmp_path, project, online_store: dict, entities: list[str]) -> dict:
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
+    from feast.types import Float64, Int64, String
+
+    config = RepoConfig(
+        project=project, registry=str(tmp_path / "registry.db"), provider="local",
+        online_store=online_store, offline_store={"type": "file"}, entity_key_serialization_version=3,
+    )
+    fs = FeatureStore(config=config)
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    fv = FeatureView(
+        name="user_5m", entities=[user], ttl=dt.timedelta(0), online=True,
+        schema=[Field(name="clicks", dtype=Int64), Field(name="spend", dtype=Float64),
+                Field(name="avg_amount", dtype=Float64), Field(name="last_item", dtype=String)],
+        source=FileSource(path=str(tmp_path / "unused.parquet"), timestamp_field="event_timestamp"),
+    )
+    fs.apply([user, fv])
+    return fs.get_online_features(
+        features=[f"user_5m:{f['name']}" for f in FEATURES],
+        entity_rows=[{"user_id": e} for e in entities],
+    ).to_dict()
+
+
+def test_feast_reads_our_sqlite_store(tmp_path, project):
+    path = tmp_path / "online.db"
+    store = open_online_store(f"sqlite:///{path}", spec_for(project))
+    store.write([row(), row("u2", features=(3, 0.0, None, None))])
+    store.close()
+    got = _feast_read(tmp_path, project, {"type": "sqlite", "path": str(path)}, ["u1", "u2", "zz"])
+    assert got == {"user_id": ["u1", "u2", "zz"], "clicks": [5, 3, None], "spend": [12.5, 0.0, None],
+                   "avg_amount": [2.5, None, None], "last_item": ["i9", None, None]}
+
+
+def test_feast_reads_our_redis_store(tmp_path, project, redis_url):
+    store = open_online_store(redis_url, spec_for(project))
+    store.write([row(), row("u2", features=(3, 0.0, None, None))])
+    store.close()
+    parts = urllib.parse.urlsplit(redis_url)
+    db = (parts.path or "/0").lstrip("/") or "0"
+    connection = f"{parts.hostname}:{parts.port},db={db}"
+    if parts.password:
+        connection += f",password={parts.password}"
+    got = _feast_read(tmp_path, project, {"type": "redis", "connection_string": connection}, ["u1", "u2", "zz"])
+    assert got == {"user_id": ["u1", "u2", "zz"], "clicks": [5, 3, None], "spend": [12.5, 0.0, None],
+                   "avg_amount": [2.5, None, None], "last_item": ["i9", None, None]}
