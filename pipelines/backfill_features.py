@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.common import (
+    EventFileOptions,
     FeatureStoreOptions,
     UsageError,
     check_online_store,
@@ -29,11 +30,7 @@ from transforms.spec import load_spec
 _LOG = logging.getLogger(__name__)
 
 
-class BackfillOptions(PipelineOptions):
-    # A direct PipelineOptions subclass: Beam only discovers direct subclasses' flags.
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--events", help="Glob of JSONL (.jsonl, .json, .gz) or .parquet event files.")
+OPTIONS = (EventFileOptions, FeatureStoreOptions)
 
 
 def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions) -> None:
@@ -53,7 +50,7 @@ def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions) -> 
 
 def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineResult:
     options = PipelineOptions(argv)
-    events = options.view_as(BackfillOptions).events
+    events = options.view_as(EventFileOptions).events
     stores = options.view_as(FeatureStoreOptions)
     require(options, "events", "feature_spec", "online_store", "offline_store")
     spec = load_spec(stores.feature_spec)

@@ -38,6 +38,30 @@ class FeatureStoreOptions(PipelineOptions):
         )
 
 
+class EventFileOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--events", help="Glob of JSONL (.jsonl, .json, .gz) or .parquet event files.")
+
+
+class PubSubInputOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--input_subscription", help="projects/<project>/subscriptions/<subscription>")
+        parser.add_argument("--input_topic", help="projects/<project>/topics/<topic> (a subscription is created)")
+        parser.add_argument(
+            "--timestamp_attribute",
+            help="Message attribute with the event time (epoch ms or RFC 3339); default: the spec's timestamp_field",
+        )
+        parser.add_argument(
+            "--id_attribute", help="Message attribute with a unique id, for de-duplication on Dataflow"
+        )
+
+
+# Beam discovers only *direct* PipelineOptions subclasses, so options are shared by composition:
+# each pipeline lists the option classes it reads (flex_templates checks its metadata against them).
+
+
 def fail(program: str, message: str, code: int = 2) -> NoReturn:
     print(f"{program}: error: {message}", file=sys.stderr)
     sys.exit(code)

@@ -137,12 +137,19 @@ class ParsePlan:
         return 0 if not where else 1 << self.where_clauses.index(where_key(where))
 
     # -- parsing -------------------------------------------------------------------------
-    def parse(self, raw: Any) -> Event:
-        """Raw JSON (bytes/str) or dict -> Event; raises BadEvent with a reason."""
+    def parse(self, raw: Any, element_time_ms: Optional[int] = None) -> Event:
+        """Raw JSON (bytes/str) or dict -> Event; raises BadEvent with a reason.
+
+        `element_time_ms` is the event time carried by the source (a Pub/Sub timestamp
+        attribute); when given, the payload's timestamp field is not needed.
+        """
         record = decode_json(raw) if isinstance(raw, (bytes, str)) else raw
         if not isinstance(record, dict):
             raise BadEvent("not_an_object", f"an event must be a JSON object (got {type(record).__name__})")
-        event_time_ms = parse_timestamp(record.get(self.timestamp_field), self.timestamp_field)
+        if element_time_ms is None:
+            event_time_ms = parse_timestamp(record.get(self.timestamp_field), self.timestamp_field)
+        else:
+            event_time_ms = element_time_ms
         keys = [_entity_key(record.get(key), key, dtype) for _, key, dtype in self.entities]
         nums = [_number(record.get(name), name) for name in self.num_fields]
         strs = [_string(record.get(f.name), f.name, f.mode) for f in self.str_fields]
@@ -269,16 +276,17 @@ def _equals_any(value: Any, allowed: tuple) -> bool:
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(self, plan: ParsePlan):
+    def __init__(self, plan: ParsePlan, timestamp_from_element: bool):
         self._plan = plan
+        self._from_element = timestamp_from_element
         self._events_in = Metrics.counter("parse", "events_in")
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
 
-    def process(self, raw: Any) -> Iterable:
+    def process(self, raw: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable:
         self._events_in.inc()
         try:
-            event = self._plan.parse(raw)
+            event = self._plan.parse(raw, timestamp.micros // 1000 if self._from_element else None)
         except BadEvent as err:
             self._dead.inc()
             Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
@@ -297,12 +305,17 @@ class _ParseFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """Raw events -> (events: PCollection[Event] with event-time timestamps, dead_letters)."""
+    """Raw events -> (events: PCollection[Event] with event-time timestamps, dead_letters).
 
-    def __init__(self, spec: FeatureSpecFile, label: Optional[str] = None):
-        super().__init__(label)
+    With `timestamp_from_element`, event time is the element's timestamp (set by the source,
+    e.g. ReadFromPubSub's timestamp_attribute) instead of the payload's timestamp field.
+    """
+
+    def __init__(self, spec: FeatureSpecFile, timestamp_from_element: bool = False):
+        super().__init__()
         self._plan = ParsePlan.from_spec(spec)
+        self._from_element = timestamp_from_element
 
     def expand(self, raw: beam.PCollection) -> pvalue.DoOutputsTuple:
-        parse = beam.ParDo(_ParseFn(self._plan)).with_output_types(Event)
+        parse = beam.ParDo(_ParseFn(self._plan, self._from_element)).with_output_types(Event)
         return raw | "Parse" >> parse.with_outputs(DEAD_LETTER_TAG, main="events")

@@ -33,8 +33,10 @@ class FeaturePipeline(beam.PTransform):
         online_store: Optional[str] = None,
         offline_store: Optional[str] = None,
         dead_letter: Optional[str] = None,
+        timestamp_from_element: bool = False,
     ):
         super().__init__()
+        self._from_element = timestamp_from_element
         self._spec = spec
         self._streaming = streaming
         self._online = online_store
@@ -42,7 +44,7 @@ class FeaturePipeline(beam.PTransform):
         self._dead_letter = dead_letter
 
     def expand(self, raw: beam.PCollection) -> FeatureOutputs:
-        parsed = raw | "Parse events" >> ParseEvents(self._spec)
+        parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element)
         per_view = [
             parsed.events | ComputeFeatures(self._spec, view, self._streaming)
             for view in self._spec.feature_views

@@ -6,6 +6,7 @@ from typing import Any, Iterable, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.aggregate import FeatureViewCombineFn
@@ -90,4 +91,7 @@ class ComputeFeatures(beam.PTransform):
             | "Window" >> WindowFromSpec(self._view, self._streaming)
             | "Aggregate" >> beam.CombinePerKey(FeatureViewCombineFn(self._spec, self._view))
             | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name))
+            # Rows carry their window as fields; a global window lets views with different
+            # windowing be flattened and written together.
+            | "Rows to global window" >> beam.WindowInto(window.GlobalWindows())
         )

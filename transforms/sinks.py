@@ -20,6 +20,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.events import DeadLetter
 from transforms.features import FeatureRow
+from transforms.sources import check_topic
 from transforms.spec import FeatureSpecFile
 from transforms.stores import offline
 from transforms.stores.online import OnlineStore, ViewLayout, is_current_window, layouts, open_online_store
@@ -142,7 +143,7 @@ class _WriteDeadLettersFn(beam.DoFn):
         self._lines = []
 
     def process(self, letter: DeadLetter) -> None:
-        self._lines.append(json.dumps(letter._asdict(), ensure_ascii=False))
+        self._lines.append(_encode_letter(letter).decode("utf-8"))
 
     def finish_bundle(self) -> None:
         if not self._lines:
@@ -155,18 +156,32 @@ class _WriteDeadLettersFn(beam.DoFn):
             handle.write(("\n".join(self._lines) + "\n").encode("utf-8"))
         FileSystems.rename([tmp], [FileSystems.join(self._directory, name)])
         self._written.inc(len(self._lines))
-        _LOG.warning("%d dead letters written to %s", len(self._lines), self._directory)
+        _LOG.info("%d dead letters written to %s", len(self._lines), self._directory)
         self._lines = []
 
 
+def _encode_letter(letter: DeadLetter) -> bytes:
+    return json.dumps(letter._asdict(), ensure_ascii=False).encode("utf-8")
+
+
 class WriteDeadLetters(beam.PTransform):
-    """Dead letters -> JSONL files in a directory (local or gs://)."""
+    """Dead letters -> JSONL files in a directory (local or gs://), or JSON messages on a
+    Pub/Sub topic when the destination is projects/P/topics/T (attributes: reason, stage)."""
 
     def __init__(self, destination: str):
         super().__init__()
         self._destination = destination
 
     def expand(self, letters: beam.PCollection) -> beam.PCollection:
+        if self._destination.startswith("projects/"):
+            check_topic(self._destination, "--dead_letter")
+            return (
+                letters
+                | "To Pub/Sub messages" >> beam.Map(
+                    lambda d: beam.io.PubsubMessage(_encode_letter(d), {"reason": d.reason, "stage": d.stage})
+                )
+                | "Publish" >> beam.io.WriteToPubSub(self._destination, with_attributes=True)
+            )
         return letters | "Write JSONL" >> beam.ParDo(_WriteDeadLettersFn(self._destination))
 
 

@@ -1,0 +1,158 @@
+"""Streaming features: Pub/Sub (or a local replay of a JSONL file) -> online and offline stores.
+
+    python -m pipelines.streaming_features --input_subscription projects/P/subscriptions/S \
+        --feature_spec shop.yaml --online_store redis://host:6379/0 --offline_store gs://b/offline \
+        [--timestamp_attribute ts] [--id_attribute id] [--dead_letter projects/P/topics/T] [beam options]
+
+    python -m pipelines.streaming_features --events events.jsonl --replay \
+        --feature_spec shop.yaml --online_store sqlite:///online.db --offline_store offline/
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.common import (
+    EventFileOptions,
+    FeatureStoreOptions,
+    PubSubInputOptions,
+    UsageError,
+    check_online_store,
+    is_local,
+    redacted,
+    report,
+    require,
+    run_main,
+)
+from transforms.events import ParsePlan
+from transforms.feature_pipeline import FeaturePipeline
+from transforms.replay import ReplayStats, build_replay, read_lines
+from transforms.sources import ReadPubSubEvents
+from transforms.spec import load_spec, parse_duration
+
+_LOG = logging.getLogger(__name__)
+
+
+class ReplayOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--replay", action="store_true",
+            help="Play --events as a stream on the DirectRunner (file order = arrival order).",
+        )
+        parser.add_argument(
+            "--replay_max_delay", default="30s",
+            help="Bounded out-of-orderness of the replay: the watermark trails the newest event by this.",
+        )
+
+
+OPTIONS = (PubSubInputOptions, EventFileOptions, ReplayOptions, FeatureStoreOptions)
+
+
+def _check_runner_fits_source(options: PipelineOptions, pubsub: PubSubInputOptions, replay: bool) -> None:
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    direct = name.lower() in ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+    if replay and not direct:
+        raise UsageError(f"--replay runs on the DirectRunner only (it uses Beam's TestStream); got --runner {name}")
+    if pubsub.id_attribute and direct:
+        raise UsageError(
+            "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by attribute "
+            "(it raises NotImplementedError for id_label); use it on Dataflow, or drop the flag locally"
+        )
+
+
+def run(
+    argv: Optional[Sequence[str]] = None,
+    wait: bool = True,
+    on_start: Optional[Callable[[beam.runners.runner.PipelineResult, Optional[ReplayStats]], None]] = None,
+) -> beam.runners.runner.PipelineResult:
+    options = PipelineOptions(argv)
+    pubsub = options.view_as(PubSubInputOptions)
+    replay = options.view_as(ReplayOptions)
+    events = options.view_as(EventFileOptions).events
+    stores = options.view_as(FeatureStoreOptions)
+    require(options, "feature_spec", "online_store", "offline_store")
+    sources = [bool(pubsub.input_subscription), bool(pubsub.input_topic), bool(events)]
+    if sum(sources) != 1:
+        raise UsageError("give exactly one input: --input_subscription, --input_topic, or --events with --replay")
+    if events and not replay.replay:
+        raise UsageError("--events needs --replay here (for a bounded run use pipelines.backfill_features)")
+    spec = load_spec(stores.feature_spec)
+    options.view_as(StandardOptions).streaming = True
+    standard = options.view_as(StandardOptions)
+    standard.runner = standard.runner or "DirectRunner"
+    _check_runner_fits_source(options, pubsub, replay.replay)
+    if stores.dead_letter is None:
+        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
+    if is_local(options):
+        check_online_store(stores.online_store, spec)
+
+    pipeline = beam.Pipeline(options=options)
+    stats: Optional[ReplayStats] = None
+    if replay.replay:
+        try:
+            lines = read_lines(events)
+        except OSError as err:
+            raise UsageError(f"--events: cannot read {events!r}: {err.strerror or err}") from None
+        try:
+            max_delay = parse_duration(replay.replay_max_delay)
+        except ValueError as err:
+            raise UsageError(f"--replay_max_delay {err}") from None
+        stream, stats = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=max_delay)
+        raw = pipeline | "Replay events" >> stream
+        source = f"replay of {events} ({stats.events} events, {stats.late_on_arrival} late on arrival)"
+    else:
+        try:
+            raw = pipeline | "Read events" >> ReadPubSubEvents(
+                pubsub.input_subscription, pubsub.input_topic, pubsub.timestamp_attribute, pubsub.id_attribute
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        source = pubsub.input_subscription or pubsub.input_topic
+    try:
+        raw | "Features" >> FeaturePipeline(
+            spec,
+            streaming=True,
+            online_store=stores.online_store,
+            offline_store=stores.offline_store,
+            dead_letter=stores.dead_letter,
+            timestamp_from_element=bool(pubsub.timestamp_attribute),
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _LOG.info(
+        "streaming: %d view(s) from %s -> online %s, offline %s, dead letters %s",
+        len(spec.feature_views), source, redacted(stores.online_store), stores.offline_store,
+        stores.dead_letter,
+    )
+    result = pipeline.run()
+    if on_start:
+        on_start(result, stats)
+    if wait:
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            _LOG.info("interrupted: cancelling the pipeline")
+            result.cancel()
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    def _main() -> None:
+        started = time.time()
+        result = run(argv)
+        report(result)
+        _LOG.info("finished in %.1fs", time.time() - started)
+
+    run_main("streaming_features", _main)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
