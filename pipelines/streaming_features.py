@@ -6,6 +6,8 @@
 
     python -m pipelines.streaming_features --events events.jsonl --replay \
         --feature_spec shop.yaml --online_store sqlite:///online.db --offline_store offline/
+
+Without --replay, --events files are read as a (finite) stream on Flink or Dataflow.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pipelines.common import (
     run_main,
 )
 from transforms.events import ParsePlan
-from transforms.feature_pipeline import FeaturePipeline
+from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, matching_files
 from transforms.replay import ReplayStats, build_replay, read_lines
 from transforms.sources import ReadPubSubEvents
 from transforms.spec import load_spec, parse_duration
@@ -55,7 +57,8 @@ class ReplayOptions(PipelineOptions):
 OPTIONS = (PubSubInputOptions, EventFileOptions, ReplayOptions, FeatureStoreOptions)
 
 
-def _check_runner_fits_source(options: PipelineOptions, pubsub: PubSubInputOptions, replay: bool) -> None:
+def _check_runner_fits_source(options: PipelineOptions, pubsub: PubSubInputOptions, replay: bool) -> bool:
+    """Refuse combinations a runner cannot do, with the reason; True for a local DirectRunner."""
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     name = runner if isinstance(runner, str) else type(runner).__name__
     direct = name.lower() in ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
@@ -66,6 +69,7 @@ def _check_runner_fits_source(options: PipelineOptions, pubsub: PubSubInputOptio
             "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by attribute "
             "(it raises NotImplementedError for id_label); use it on Dataflow, or drop the flag locally"
         )
+    return direct
 
 
 def run(
@@ -81,14 +85,16 @@ def run(
     require(options, "feature_spec", "online_store", "offline_store")
     sources = [bool(pubsub.input_subscription), bool(pubsub.input_topic), bool(events)]
     if sum(sources) != 1:
-        raise UsageError("give exactly one input: --input_subscription, --input_topic, or --events with --replay")
-    if events and not replay.replay:
-        raise UsageError("--events needs --replay here (for a bounded run use pipelines.backfill_features)")
+        raise UsageError("give exactly one input: --input_subscription, --input_topic, or --events [--replay]")
     spec = load_spec(stores.feature_spec)
-    options.view_as(StandardOptions).streaming = True
     standard = options.view_as(StandardOptions)
-    standard.runner = standard.runner or "DirectRunner"
-    _check_runner_fits_source(options, pubsub, replay.replay)
+    standard.streaming = True
+    # Beam's DirectRunner would hand a streaming pipeline without Pub/Sub or TestStream to its
+    # batch engine (which cannot fire processing-time triggers), after first trying to download
+    # Prism; its streaming engine is the BundleBasedDirectRunner, so run that directly.
+    if (standard.runner or "DirectRunner") == "DirectRunner":
+        standard.runner = "BundleBasedDirectRunner"
+    direct = _check_runner_fits_source(options, pubsub, replay.replay)
     if stores.dead_letter is None:
         stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
     if is_local(options):
@@ -108,6 +114,16 @@ def run(
         stream, stats = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=max_delay)
         raw = pipeline | "Replay events" >> stream
         source = f"replay of {events} ({stats.events} events, {stats.late_on_arrival} late on arrival)"
+    elif events:
+        # Files read in streaming mode, for Flink/Dataflow (the local engine cannot stream a
+        # splittable file read; locally, --replay is the way).
+        if direct:
+            raise UsageError("--events without --replay needs a runner such as FlinkRunner; "
+                             "locally add --replay")
+        if not matching_files(events):
+            raise UsageError(f"--events: no files match {events!r}")
+        raw = pipeline | "Read events" >> ReadEventFiles(events)
+        source = events
     else:
         try:
             raw = pipeline | "Read events" >> ReadPubSubEvents(

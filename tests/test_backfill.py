@@ -26,12 +26,8 @@ N_EVENTS = 4000
 MALFORMED_EVERY = 500
 
 
-@pytest.fixture(scope="module")
-def events_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("events") / "events.jsonl"
-    lines = list(generate(N_EVENTS, seed=3, users=40, items=60, events_per_second=20,
-                          malformed_every=MALFORMED_EVERY))
-    path.write_bytes(b"\n".join(lines) + b"\n")
+def good_records(lines: list[bytes]) -> list[dict]:
+    """The generated events our parser must accept (the generator's malformed ones removed)."""
     records = []
     for line in lines:
         try:
@@ -41,7 +37,16 @@ def events_file(tmp_path_factory):
     good = [r for r in records if isinstance(r, dict) and isinstance(r.get("event_time"), int)
             and isinstance(r.get("user_id"), str) and isinstance(r.get("item_id"), str)
             and (r.get("amount") is None or isinstance(r.get("amount"), float))]
-    return path, good
+    return good
+
+
+@pytest.fixture(scope="module")
+def events_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("events") / "events.jsonl"
+    lines = list(generate(N_EVENTS, seed=3, users=40, items=60, events_per_second=20,
+                          malformed_every=MALFORMED_EVERY))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, good_records(lines)
 
 
 def spec_with_project(tmp_path, project):

@@ -50,7 +50,11 @@ class SqliteOnlineStore(OnlineStore):
         self.path = sqlite_path(url)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # A DoFn instance serves one bundle at a time, but Beam may run bundles (and teardown)
+            # on different threads of the worker.
+            self._conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as err:
