@@ -159,25 +159,44 @@ class FeatureViewSpec(_Strict):
         return None
 
 
+class EmbeddingSpec(_Strict):
+    """A text embedding stored like a feature view called `name` with one feature `embedding`."""
+
+    name: str = Field(pattern=_NAME)
+    entity: str
+    field: str = Field(min_length=1)
+    model_path: Optional[str] = None  # local dir or gs:// in Hugging Face layout; default: MiniLM
+    ttl: Optional[Duration] = Field(default=None, gt=0)
+
+
 class FeatureSpecFile(_Strict):
     project: str = Field(pattern=_NAME)
     source: SourceSpec
     entities: dict[str, EntitySpec] = Field(min_length=1)
     feature_views: list[FeatureViewSpec] = Field(default_factory=list)
+    embeddings: list[EmbeddingSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_references(self) -> "FeatureSpecFile":
         names: set[str] = set()
-        for i, view in enumerate(self.feature_views):
-            if view.entity not in self.entities:
-                raise _located(
-                    ("feature_views", i, "entity"),
-                    f"unknown entity {view.entity!r} (defined: {', '.join(self.entities)})",
-                )
-            if view.name in names:
-                raise _located(("feature_views", i, "name"), f"duplicate view name {view.name!r}")
-            names.add(view.name)
+        for section in ("feature_views", "embeddings"):
+            for i, item in enumerate(getattr(self, section)):
+                if item.entity not in self.entities:
+                    raise _located(
+                        (section, i, "entity"),
+                        f"unknown entity {item.entity!r} (defined: {', '.join(self.entities)})",
+                    )
+                if item.name in names:
+                    raise _located((section, i, "name"), f"duplicate view name {item.name!r}")
+                names.add(item.name)
         return self
+
+    def embedding(self, name: str) -> EmbeddingSpec:
+        for item in self.embeddings:
+            if item.name == name:
+                return item
+        known = ", ".join(e.name for e in self.embeddings) or "none"
+        raise SpecError(f"unknown embedding {name!r} (embeddings in the spec: {known})")
 
     def view(self, name: str) -> FeatureViewSpec:
         for view in self.feature_views:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar
 
 from transforms.features import FeatureRow
-from transforms.spec import FeatureSpecFile, FeatureViewSpec, SpecError
+from transforms.spec import EmbeddingSpec, FeatureSpecFile, FeatureViewSpec, SpecError
 
 T = TypeVar("T")
 
@@ -49,9 +49,25 @@ class ViewLayout:
             period_seconds=view.period_seconds,
         )
 
+    @classmethod
+    def from_embedding(cls, spec: FeatureSpecFile, embedding: EmbeddingSpec) -> "ViewLayout":
+        entity = spec.entities[embedding.entity]
+        return cls(
+            name=embedding.name,
+            join_key=entity.join_key,
+            key_dtype=entity.dtype,
+            feature_names=("embedding",),
+            value_types=("float_list",),
+            ttl_seconds=embedding.ttl,
+            period_seconds=None,
+        )
+
 
 def layouts(spec: FeatureSpecFile) -> dict[str, ViewLayout]:
-    return {v.name: ViewLayout.from_view(spec, v) for v in spec.feature_views}
+    """Every online "view" of the spec: feature views and embeddings (one feature `embedding`)."""
+    out = {v.name: ViewLayout.from_view(spec, v) for v in spec.feature_views}
+    out.update({e.name: ViewLayout.from_embedding(spec, e) for e in spec.embeddings})
+    return out
 
 
 def is_current_window(row: FeatureRow, layout: ViewLayout) -> bool:
