@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NoReturn, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -71,7 +71,7 @@ class _Subscription:
     """Server-side state of a subscription."""
 
     proto: Any  # Subscription (raw protobuf)
-    pending: collections.deque = field(default_factory=collections.deque)
+    pending: collections.deque[_Delivery] = field(default_factory=collections.deque)
     # ack_id -> (delivery, monotonic deadline)
     outstanding: dict[str, tuple[_Delivery, float]] = field(default_factory=dict)
 
@@ -96,7 +96,11 @@ def _check_deadline(context: grpc.ServicerContext, seconds: int) -> None:
 
 
 class FakePubSubServer:
-    """Thread-safe in-memory Pub/Sub Publisher + Subscriber gRPC server."""
+    """Thread-safe in-memory Pub/Sub Publisher + Subscriber gRPC server.
+
+    RPC handlers (CamelCase, like generated servicers) cover topic/subscription
+    CRUD, Publish, Pull, Acknowledge, ModifyAckDeadline and StreamingPull.
+    """
 
     def __init__(self, pull_wait_seconds: float = 0.25, max_workers: int = 64) -> None:
         """``pull_wait_seconds`` bounds how long an empty non-immediate Pull waits."""
@@ -367,9 +371,10 @@ class FakePubSubServer:
         while not closed.is_set() and not self._stopping.is_set() and context.is_active():
             with self._cond:
                 sub = self._sub(context, name)
+                self._expire(sub)
                 mine.intersection_update(sub.outstanding)
                 room = max_outstanding - len(mine) if max_outstanding > 0 else 1000
-                received = self._take(sub, min(room, 1000), stream["deadline"]) if room > 0 else []
+                received: list[Any] = self._take(sub, min(room, 1000), stream["deadline"]) if room > 0 else []
                 if not received:
                     self._cond.wait(_POLL_SLICE)
                     continue
@@ -377,12 +382,17 @@ class FakePubSubServer:
             yield _pb("StreamingPullResponse")(received_messages=received)
 
     # --------------------------------------------- delivery (lock held)
-    def _take(self, sub: _Subscription, limit: int, deadline_seconds: int) -> list[Any]:
-        """Redeliver expired leases, then lease up to ``limit`` pending messages."""
+    def _expire(self, sub: _Subscription) -> None:
+        """Move leases whose ack deadline passed back to the front of the queue."""
         now = time.monotonic()
         expired = [ack_id for ack_id, (_, deadline) in sub.outstanding.items() if deadline <= now]
         sub.pending.extendleft(reversed([sub.outstanding.pop(a)[0] for a in expired]))
-        received = []
+
+    def _take(self, sub: _Subscription, limit: int, deadline_seconds: int) -> list[Any]:
+        """Redeliver expired leases, then lease up to ``limit`` pending messages."""
+        self._expire(sub)
+        now = time.monotonic()
+        received: list[Any] = []
         while sub.pending and len(received) < limit:
             delivery = sub.pending.popleft()
             delivery.attempts += 1
