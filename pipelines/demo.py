@@ -18,27 +18,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import pyarrow.dataset as ds
-
 from pipelines import streaming_features
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate, write_jsonl
+from pipelines.summary import pane_counts
 from transforms.sinks import read_dead_letters
 from transforms.spec import load_spec
 
 SPEC = Path(__file__).parent / "examples" / "shop.yaml"
-
-
-def _count_rows(directory: Path) -> collections.Counter:
-    counts: collections.Counter = collections.Counter()
-    if not directory.exists():
-        return counts
-    try:
-        table = ds.dataset(directory, partitioning="hive").to_table(columns=["pane_timing"])
-    except (OSError, ValueError):
-        return counts  # a file is being renamed into place; try again on the next tick
-    counts.update(table.column("pane_timing").to_pylist())
-    return counts
 
 
 class Progress(threading.Thread):
@@ -53,7 +40,8 @@ class Progress(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(3):
-            panes = sum((_count_rows(self.offline / v) for v in ("user_5m", "item_1h")), collections.Counter())
+            panes = sum((pane_counts(str(self.offline), v) for v in ("user_5m", "item_1h")),
+                        collections.Counter())
             letters = sum(1 for _ in read_dead_letters(str(self.offline / "_dead_letters")))
             print(
                 f"  {time.time() - self.started:5.0f}s  panes written: {sum(panes.values()):6,} "
@@ -102,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     elapsed = time.time() - started
 
     spec = load_spec(SPEC)
-    panes = {v.name: _count_rows(offline / v.name) for v in spec.feature_views}
+    panes = {v.name: pane_counts(str(offline), v.name) for v in spec.feature_views}
     letters = list(read_dead_letters(str(offline / "_dead_letters")))
     stats = stats_box["stats"]
     print(f"3/3 done in {elapsed:.0f}s\n")

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.summary import output_summary, print_summary
 from pipelines.common import (
     EventFileOptions,
     FeatureStoreOptions,
@@ -163,8 +164,19 @@ def run(
 def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
         started = time.time()
-        result = run(argv)
-        report(result)
+        replay_stats: list[ReplayStats] = []
+        result = run(argv, on_start=lambda _, stats: replay_stats.append(stats))
+        options = PipelineOptions(argv)
+        if options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
+            # Beam's DirectRunner keeps only the last bundle's counters in streaming runs:
+            # count from what the run wrote instead.
+            stores = options.view_as(FeatureStoreOptions)
+            dead_letter = stores.dead_letter or stores.offline_store.rstrip("/") + "/_dead_letters"
+            summary = output_summary(load_spec(stores.feature_spec), stores.offline_store, dead_letter)
+            stats = replay_stats[0] if replay_stats else None
+            print_summary(summary, stats.events if stats else None, out=sys.stderr)
+        else:
+            report(result)
         _LOG.info("finished in %.1fs", time.time() - started)
 
     run_main("streaming_features", _main)

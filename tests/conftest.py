@@ -119,3 +119,30 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 def project() -> str:
     """A project name unique to the test: keys never collide in a shared Redis."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[str]:
+    """PUBSUB_EMULATOR_HOST when set; else testcontainers' emulator when Docker answers; else the
+    in-process fake gRPC server under tests/ (the real google-cloud-pubsub client talks to all)."""
+    if os.environ.get("PUBSUB_EMULATOR_HOST"):
+        yield os.environ["PUBSUB_EMULATOR_HOST"]
+        return
+    if _docker_answers():
+        from testcontainers.google import PubSubContainer
+
+        with PubSubContainer() as container:
+            host = container.get_pubsub_emulator_host()
+            os.environ["PUBSUB_EMULATOR_HOST"] = host
+            yield host
+            del os.environ["PUBSUB_EMULATOR_HOST"]
+        return
+    from pubsub_fake import FakePubSubServer
+
+    server = FakePubSubServer()
+    host = server.start()
+    server.set_emulator_env()
+    try:
+        yield host
+    finally:
+        server.stop()
