@@ -24,28 +24,37 @@ from pipelines.common import (
     report,
     run_main,
 )
-from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, matching_files
+from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, TiledFeaturePipeline, matching_files
 from transforms.spec import load_spec
 
 _LOG = logging.getLogger(__name__)
 
 
-OPTIONS = (EventFileOptions, FeatureStoreOptions)
-
-
-def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions) -> None:
-    spec = load_spec(stores.feature_spec)
-    (
-        pipeline
-        | "Read events" >> ReadEventFiles(events)
-        | "Features" >> FeaturePipeline(
-            spec,
-            streaming=False,
-            online_store=stores.online_store,
-            offline_store=stores.offline_store,
-            dead_letter=stores.dead_letter,
+class BackfillOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--preaggregate", default="true", choices=("true", "false"),
+            help="Pre-aggregate per (entity, period tile) while reading (fast path; default true). "
+                 "false: one element per event and window, like hand-written Beam.",
         )
-    )
+
+
+OPTIONS = (EventFileOptions, FeatureStoreOptions, BackfillOptions)
+
+
+def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, preaggregate: bool) -> None:
+    spec = load_spec(stores.feature_spec)
+    sinks = dict(online_store=stores.online_store, offline_store=stores.offline_store,
+                 dead_letter=stores.dead_letter)
+    if preaggregate:
+        pipeline | "Features" >> TiledFeaturePipeline(spec, matching_files(events), **sinks)
+    else:
+        (
+            pipeline
+            | "Read events" >> ReadEventFiles(events)
+            | "Features" >> FeaturePipeline(spec, streaming=False, **sinks)
+        )
 
 
 def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineResult:
@@ -68,7 +77,7 @@ def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineRes
         stores.offline_store, stores.dead_letter,
     )
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, events, stores)
+    build(pipeline, events, stores, options.view_as(BackfillOptions).preaggregate == "true")
     result = pipeline.run()
     result.wait_until_finish()
     return result

@@ -16,6 +16,7 @@ from transforms.events import ParseEvents
 from transforms.features import ComputeFeatures
 from transforms.sinks import WriteDeadLetters, WriteOffline, WriteOnline
 from transforms.spec import FeatureSpecFile
+from transforms.tiles import TiledBackfill, tileable
 
 
 class FeatureOutputs(NamedTuple):
@@ -50,13 +51,47 @@ class FeaturePipeline(beam.PTransform):
             for view in self._spec.feature_views
         ]
         rows = per_view | "Merge views" >> beam.Flatten()
-        if self._online:
-            rows | "Online store" >> WriteOnline(self._online, self._spec)
-        if self._offline:
-            rows | "Offline store" >> WriteOffline(self._offline, self._spec)
-        if self._dead_letter:
-            parsed.dead_letter | "Dead letters" >> WriteDeadLetters(self._dead_letter)
-        return FeatureOutputs(rows, parsed.dead_letter)
+        return write_outputs(rows, parsed.dead_letter, self._spec, self._online, self._offline, self._dead_letter)
+
+
+def write_outputs(
+    rows: beam.PCollection,
+    dead_letters: beam.PCollection,
+    spec: FeatureSpecFile,
+    online_store: Optional[str],
+    offline_store: Optional[str],
+    dead_letter: Optional[str],
+) -> FeatureOutputs:
+    """The sinks every feature pipeline ends with."""
+    if online_store:
+        rows | "Online store" >> WriteOnline(online_store, spec)
+    if offline_store:
+        rows | "Offline store" >> WriteOffline(offline_store, spec)
+    if dead_letter:
+        dead_letters | "Dead letters" >> WriteDeadLetters(dead_letter)
+    return FeatureOutputs(rows, dead_letters)
+
+
+class TiledFeaturePipeline(beam.PTransform):
+    """The bounded fast path: files read and pre-aggregated per (entity, tile) in one pass
+    (transforms/tiles.py); session views, which cannot be tiled, take the event path."""
+
+    def __init__(self, spec: FeatureSpecFile, paths: list[str], online_store: Optional[str] = None,
+                 offline_store: Optional[str] = None, dead_letter: Optional[str] = None):
+        super().__init__()
+        self._spec = spec
+        self._paths = paths
+        self._sinks = (online_store, offline_store, dead_letter)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> FeatureOutputs:
+        read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths)
+        per_view = [read.rows] + [
+            read.events | ComputeFeatures(self._spec, view, streaming=False)
+            for view in self._spec.feature_views
+            if not tileable(view)
+        ]
+        rows = per_view | "Merge views" >> beam.Flatten()
+        return write_outputs(rows, read.dead_letters, self._spec, *self._sinks)
 
 
 class _SkipBlank(beam.DoFn):

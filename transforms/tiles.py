@@ -1,0 +1,202 @@
+"""The bounded fast path: parse and pre-aggregate events per (entity, period tile) while reading,
+shuffle tiles instead of events, and assemble fixed and sliding windows from tiles.
+
+A sliding window of size S and period P is exactly the union of its S/P tiles of length P, and
+a fixed window of size S is one tile of length S, so merging tile accumulators with the view's own
+CombineFn gives the values the event-at-a-time path gives (floating-point sums up to rounding,
+sketches within their error). Each event is parsed once and touched once per view instead of
+size/period times; the shuffle carries one element per (view, entity, tile).
+Session windows are not tileable; they take the event path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+
+from transforms.aggregate import FeatureViewCombineFn
+from transforms.events import DEAD_LETTER_TAG, BadEvent, ParsePlan, dead_letter
+from transforms.features import FeatureRow
+from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
+
+_LOG = logging.getLogger(__name__)
+EVENTS_TAG = "events"
+RANGE_BYTES = 16 * 1024 * 1024
+
+
+def tileable(view: FeatureViewSpec) -> bool:
+    return isinstance(view.window, (FixedWindow, SlidingWindow))
+
+
+def tile_ms(view: FeatureViewSpec) -> int:
+    window = view.window
+    return (window.period if isinstance(window, SlidingWindow) else window.size) * 1000
+
+
+class FileRange(NamedTuple):
+    path: str
+    start: int
+    end: int  # JSONL: byte offsets; Parquet: row groups [start, end)
+
+
+def split_files(paths: list[str], range_bytes: int = RANGE_BYTES) -> list[FileRange]:
+    """Byte ranges of JSONL files (lines are assigned to the range they start in) and
+    row-group ranges of Parquet files, so several workers can read one big file."""
+    ranges = []
+    for path in paths:
+        if path.endswith(".parquet"):
+            with FileSystems.open(path) as handle:
+                groups = pq.ParquetFile(handle).num_row_groups
+            ranges += [FileRange(path, g, g + 1) for g in range(groups)]
+        elif path.endswith(".gz"):
+            ranges.append(FileRange(path, 0, -1))  # compressed: not splittable
+        else:
+            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            ranges += [FileRange(path, s, min(s + range_bytes, size)) for s in range(0, max(size, 1), range_bytes)]
+    return ranges
+
+
+def read_range(file_range: FileRange) -> Iterator[Any]:
+    """Raw events (bytes lines, or dicts for Parquet) of one range."""
+    path, start, end = file_range
+    if path.endswith(".parquet"):
+        with FileSystems.open(path) as handle:
+            table = pq.ParquetFile(handle).read_row_groups(list(range(start, end)))
+        yield from table.to_pylist()
+        return
+    with FileSystems.open(path) as handle:
+        if end == -1:  # compressed, read whole
+            while line := handle.readline():
+                if line.strip():
+                    yield line.rstrip(b"\r\n")
+            return
+        if start:
+            handle.seek(start - 1)
+            handle.readline()  # the line that straddles `start` belongs to the previous range
+        position = handle.tell()
+        for line in handle:
+            if position >= end:
+                break
+            position += len(line)
+            if line.strip():
+                yield line.rstrip(b"\r\n")
+
+
+class _ReadAndPreaggregate(beam.DoFn):
+    """FileRange -> ((view, entity), (tile_start_ms, accumulator)) per tile, plus dead letters."""
+
+    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool):
+        self._plan = ParsePlan.from_spec(spec)
+        self._views = [(v.name, self._plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
+                       for v in views]
+        self._emit_events = emit_events
+        self._events_in = Metrics.counter("parse", "events_in")
+        self._parsed = Metrics.counter("parse", "parsed")
+        self._dead = Metrics.counter("parse", "dead_lettered")
+        self._tiles = Metrics.counter("tiles", "tiles_emitted")
+
+    def process(self, file_range: FileRange) -> Iterable:
+        parse = self._plan.parse
+        views = self._views
+        tiles: list[dict] = [dict() for _ in views]
+        seen = parsed = 0
+        for raw in read_range(file_range):
+            seen += 1
+            try:
+                event = parse(raw)
+            except BadEvent as err:
+                Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(raw, err.reason, str(err), "parse"))
+                continue
+            except Exception as err:  # a bug of ours must not lose the event
+                Metrics.counter("parse", "dead_letter_internal_error").inc()
+                yield pvalue.TaggedOutput(
+                    DEAD_LETTER_TAG, dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse"))
+                continue
+            parsed += 1
+            t = event.event_time_ms
+            if self._emit_events:  # for views that cannot be tiled (sessions)
+                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, t / 1000.0))
+            for (_, entity_index, tile, fn), view_tiles in zip(views, tiles):
+                key = (event.keys[entity_index], t - t % tile)
+                acc = view_tiles.get(key)
+                if acc is None:
+                    acc = view_tiles[key] = fn.create_accumulator()
+                fn.add_input(acc, event)
+        self._events_in.inc(seen)
+        self._parsed.inc(parsed)
+        self._dead.inc(seen - parsed)
+        for (name, _, _, fn), view_tiles in zip(views, tiles):
+            coder = fn.get_accumulator_coder()
+            self._tiles.inc(len(view_tiles))
+            for (entity, start), acc in view_tiles.items():
+                yield ((name, entity), (start, coder.encode(acc)))
+
+
+class _AssembleWindows(beam.DoFn):
+    """All tiles of one (view, entity) -> one ON_TIME FeatureRow per window with events."""
+
+    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec]):
+        self._fns = {v.name: (FeatureViewCombineFn(spec, v), tile_ms(v), v.window.size * 1000) for v in views}
+
+    def process(self, element: tuple[tuple[str, str], Iterable[tuple[int, bytes]]]) -> Iterable[FeatureRow]:
+        (view, entity), encoded = element
+        fn, tile, size = self._fns[view]
+        coder = fn.get_accumulator_coder()
+        tiles: dict[int, list] = {}
+        for start, data in encoded:
+            acc = coder.decode(data)
+            tiles[start] = fn.merge_accumulators([tiles[start], acc]) if start in tiles else acc
+        per_window = size // tile
+        ends = sorted({start + tile * k for start in tiles for k in range(1, per_window + 1)})
+        for end in ends:
+            members = [tiles[s] for s in range(end - size, end, tile) if s in tiles]
+            if per_window == 1:
+                acc = members[0]
+            else:
+                # merge into a fresh accumulator: tiles are shared by size/period windows
+                acc = fn.merge_accumulators([fn.create_accumulator()] + members)
+            max_event_time_ms, *values = fn.extract_output(acc)
+            yield FeatureRow(view, entity, end - size, end, "ON_TIME", 0, max_event_time_ms, tuple(values))
+
+
+class TiledRead(NamedTuple):
+    rows: beam.PCollection  # FeatureRows of the tileable views
+    events: beam.PCollection  # parsed Events, for the other views (empty when all are tileable)
+    dead_letters: beam.PCollection
+
+
+class TiledBackfill(beam.PTransform):
+    """Event files -> rows of the tileable views, parsed events for the others, and dead
+    letters, in one pass over the input."""
+
+    def __init__(self, spec: FeatureSpecFile, paths: list[str]):
+        super().__init__()
+        self._spec = spec
+        self._views = [v for v in spec.feature_views if tileable(v)]
+        self._emit_events = len(self._views) < len(spec.feature_views)
+        self._paths = paths
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> TiledRead:
+        read = (
+            pbegin
+            | "File ranges" >> beam.Create(split_files(self._paths))
+            | "Spread ranges" >> beam.Reshuffle()
+            | "Read and pre-aggregate"
+            >> beam.ParDo(_ReadAndPreaggregate(self._spec, self._views, self._emit_events))
+            .with_outputs(DEAD_LETTER_TAG, EVENTS_TAG, main="tiles")
+        )
+        rows = (
+            read.tiles
+            | "Group tiles" >> beam.GroupByKey()
+            | "Assemble windows" >> beam.ParDo(_AssembleWindows(self._spec, self._views))
+        )
+        return TiledRead(rows, read[EVENTS_TAG], read[DEAD_LETTER_TAG])
