@@ -18,7 +18,6 @@ from google.cloud import pubsub_v1
 
 from pipelines import streaming_features
 from pipelines.get_features import get_features
-from transforms.sinks import read_dead_letters
 
 PROJECT_ID = "test-project"
 
@@ -54,6 +53,10 @@ def test_pubsub_to_redis_end_to_end(pubsub_emulator, redis_url, project, tmp_pat
     subscriber = pubsub_v1.SubscriberClient()
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=subscription, topic=topic)
+    dead_topic = f"projects/{PROJECT_ID}/topics/dead-{uuid.uuid4().hex[:8]}"
+    dead_subscription = f"projects/{PROJECT_ID}/subscriptions/dead-{uuid.uuid4().hex[:8]}"
+    publisher.create_topic(name=dead_topic)
+    subscriber.create_subscription(name=dead_subscription, topic=dead_topic)
 
     if time.time() % 3600 < 0.05:
         time.sleep(0.05)  # give the events distinct timestamps within the hour
@@ -78,7 +81,7 @@ def test_pubsub_to_redis_end_to_end(pubsub_emulator, redis_url, project, tmp_pat
     result = streaming_features.run([
         "--input_subscription", subscription, "--timestamp_attribute", "ts",
         "--feature_spec", str(spec), "--online_store", redis_url, "--offline_store", str(offline),
-        "--runner", "BundleBasedDirectRunner",
+        "--dead_letter", dead_topic, "--runner", "BundleBasedDirectRunner",
     ], wait=False)
     expected = {
         "a": {"clicks": 2, "spend": 10.5, "last_item": "i3"},
@@ -93,14 +96,20 @@ def test_pubsub_to_redis_end_to_end(pubsub_emulator, redis_url, project, tmp_pat
                 break
             time.sleep(0.5)
         assert got == expected
-        letters = []
+        letters: list[tuple[dict, dict]] = []
         while time.time() < deadline and len(letters) < 2:
-            letters = list(read_dead_letters(str(offline / "_dead_letters")))
-            time.sleep(0.2)
+            response = subscriber.pull(request={"subscription": dead_subscription, "max_messages": 10}, timeout=10)
+            for received in response.received_messages:
+                letters.append((json.loads(received.message.data), dict(received.message.attributes)))
+            if response.received_messages:
+                subscriber.acknowledge(request={"subscription": dead_subscription,
+                                                "ack_ids": [m.ack_id for m in response.received_messages]})
     finally:
         result.cancel()
-    assert sorted(letter["reason"] for letter in letters) == ["bad_type", "invalid_json"]
-    assert any("amount: must be a number" in letter["error"] for letter in letters)
+    assert sorted(letter["reason"] for letter, _ in letters) == ["bad_type", "invalid_json"]
+    assert sorted(attrs["reason"] for _, attrs in letters) == ["bad_type", "invalid_json"]
+    assert any("amount: must be a number" in letter["error"] and letter["payload"] == '{"user_id": "a", "amount": "lots"}'
+               for letter, _ in letters)
     rows = ds.dataset(offline / "user_1h", partitioning="hive").to_table().to_pylist()
     timings = {r["pane_timing"] for r in rows}
     assert "EARLY" in timings and timings <= {"EARLY", "ON_TIME"}  # ON_TIME only if the hour ended
