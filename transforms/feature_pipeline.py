@@ -51,7 +51,8 @@ class FeaturePipeline(beam.PTransform):
             for view in self._spec.feature_views
         ]
         rows = per_view | "Merge views" >> beam.Flatten()
-        return write_outputs(rows, parsed.dead_letter, self._spec, self._online, self._offline, self._dead_letter)
+        return write_outputs(rows, parsed.dead_letter, self._spec, self._online, self._offline, self._dead_letter,
+                             bounded=not self._streaming)
 
 
 def write_outputs(
@@ -61,10 +62,11 @@ def write_outputs(
     online_store: Optional[str],
     offline_store: Optional[str],
     dead_letter: Optional[str],
+    bounded: bool,
 ) -> FeatureOutputs:
     """The sinks every feature pipeline ends with."""
     if online_store:
-        rows | "Online store" >> WriteOnline(online_store, spec)
+        rows | "Online store" >> WriteOnline(online_store, spec, latest_only=bounded)
     if offline_store:
         rows | "Offline store" >> WriteOffline(offline_store, spec)
     if dead_letter:
@@ -91,7 +93,7 @@ class TiledFeaturePipeline(beam.PTransform):
             if not tileable(view)
         ]
         rows = per_view | "Merge views" >> beam.Flatten()
-        return write_outputs(rows, read.dead_letters, self._spec, *self._sinks)
+        return write_outputs(rows, read.dead_letters, self._spec, *self._sinks, bounded=True)
 
 
 class _SkipBlank(beam.DoFn):

@@ -75,15 +75,35 @@ class _WriteOnlineFn(beam.DoFn):
             self._store.close()
 
 
+def _newest(rows: Iterable[FeatureRow]) -> Optional[FeatureRow]:
+    return max(rows, key=lambda r: (r.window_end_ms, r.pane_index), default=None)
+
+
 class WriteOnline(beam.PTransform):
-    """FeatureRows -> online store: current windows only, atomic and monotonic per entity."""
+    """FeatureRows -> online store: current windows only, atomic and monotonic per entity.
+
+    With `latest_only` (bounded runs) rows are first reduced to the newest per (view, entity):
+    the store's monotonic rule would refuse every older one anyway, so this writes the same
+    final state with one upsert per entity instead of one per window.
+    """
 
     def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
-                 batch_size: int = 500):
+                 batch_size: int = 500, latest_only: bool = False):
         super().__init__()
-        self._fn = _WriteOnlineFn(url, spec, views if views is not None else layouts(spec), batch_size)
+        self._views = views if views is not None else layouts(spec)
+        self._fn = _WriteOnlineFn(url, spec, self._views, batch_size)
+        self._latest_only = latest_only
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        if self._latest_only:
+            views = self._views
+            rows = (
+                rows
+                | "Current windows" >> beam.Filter(lambda r: is_current_window(r, views[r.view]))
+                | "Key by entity" >> beam.Map(lambda r: ((r.view, r.entity), r))
+                | "Newest per entity" >> beam.CombinePerKey(_newest)
+                | "Drop keys" >> beam.Values()
+            )
         return rows | "Upsert current windows" >> beam.ParDo(self._fn)
 
 
