@@ -112,10 +112,13 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
 
     def process(self, file_range: FileRange) -> Iterable:
+        columnar = not file_range.path.endswith(".parquet")
+        return self._process_lines(read_range(file_range), columnar)
+
+    def _process_lines(self, raw_events: Iterable[Any], columnar: bool = True) -> Iterable:
         tiles: list[dict] = [dict() for _ in self._views]
         counts = [0, 0]  # seen, parsed
-        raw_events = read_range(file_range)
-        if self._columnar is not None and not file_range.path.endswith(".parquet"):
+        if self._columnar is not None and columnar:
             for chunk in _chunks(raw_events, CHUNK_LINES):
                 tables, slow = self._columnar.parse(chunk)
                 if tables:
