@@ -83,3 +83,23 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow]) -> lis
         FileSystems.rename([tmp], [final])
         paths.append(final)
     return paths
+
+
+def read_offline(root: str, layout: ViewLayout) -> pa.Table:
+    """One view's offline rows, de-duplicated by (entity, window_end, pane_index).
+
+    Writes are at-least-once (a retried bundle or a re-run job writes its panes again); a pane
+    is identified by (entity, window end, pane index) and every copy carries the same values,
+    so keeping the newest copy of each gives the exactly-once view of the store.
+    """
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(FileSystems.join(root, layout.name), partitioning="hive").to_table()
+    keys = [layout.join_key, "window_end", "pane_index"]
+    newest = table.group_by(keys, use_threads=False).aggregate([("created_timestamp", "max")])
+    newest = newest.rename_columns(keys + ["created_timestamp"])
+    deduped = table.join(newest, keys + ["created_timestamp"], join_type="inner")
+    # copies written in the same instant: keep one
+    index = pa.array(range(deduped.num_rows))
+    first = deduped.append_column("__row", index).group_by(keys, use_threads=False).aggregate([("__row", "min")])
+    return deduped.take(first["__row_min"]).sort_by([(k, "ascending") for k in keys])
