@@ -80,10 +80,14 @@ class ColumnarChunks:
     def __init__(self, plan: ParsePlan, schema: pa.Schema):
         self._plan = plan
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        self._exclude: Optional[pa.Array] = None
 
-    def parse(self, lines: list[bytes]) -> tuple[list[pa.Table], list[bytes]]:
+    def parse(self, lines: list[bytes], exclude_ids: Optional[pa.Array] = None) -> tuple[list[pa.Table], list[bytes]]:
+        """-> (tables of clean rows, lines for the event path). Rows whose id is in
+        `exclude_ids` (known duplicates) also go to the event path."""
         tables: list[pa.Table] = []
         slow: list[bytes] = []
+        self._exclude = exclude_ids if exclude_ids is not None and len(exclude_ids) else None
         self._parse_block(lines, tables, slow)
         return tables, slow
 
@@ -120,6 +124,9 @@ class ColumnarChunks:
         for field in plan.num_fields:
             column = table[field]
             good = pc.and_kleene(good, pc.or_kleene(pc.is_null(column), pc.is_finite(column)))
+        if self._exclude is not None:
+            duplicate = pc.fill_null(pc.is_in(table[plan.id_field], value_set=self._exclude), False)
+            good = pc.and_kleene(good, pc.invert(duplicate))
         return pc.fill_null(good, False)
 
 

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.dedup import DropDuplicateEvents
 from transforms.events import ParseEvents
 from transforms.features import ComputeFeatures
 from transforms.sinks import WriteDeadLetters, WriteOffline, WriteOnline
@@ -46,8 +47,12 @@ class FeaturePipeline(beam.PTransform):
 
     def expand(self, raw: beam.PCollection) -> FeatureOutputs:
         parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element)
+        events = parsed.events
+        if self._spec.source.id_field:
+            events = events | "Drop duplicate ids" >> DropDuplicateEvents(
+                self._spec.source.dedup_horizon, self._streaming)
         per_view = [
-            parsed.events | ComputeFeatures(self._spec, view, self._streaming)
+            events | ComputeFeatures(self._spec, view, self._streaming)
             for view in self._spec.feature_views
         ]
         rows = per_view | "Merge views" >> beam.Flatten()

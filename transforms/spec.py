@@ -64,6 +64,8 @@ class _Strict(BaseModel):
 class SourceSpec(_Strict):
     timestamp_field: str = Field(min_length=1)
     id_field: Optional[str] = None
+    # With id_field: events repeating an id within this much event time are dropped (counted).
+    dedup_horizon: Duration = Field(default=600, gt=0)
 
 
 class EntitySpec(_Strict):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -25,12 +25,14 @@ from apache_beam.transforms.window import TimestampedValue
 
 from transforms.aggregate import FeatureViewCombineFn
 from transforms.columnar import ColumnarAggregator, ColumnarChunks, columnar_schema
-from transforms.events import DEAD_LETTER_TAG, BadEvent, ParsePlan, dead_letter
+from transforms.dedup import event_id_of, keep_within_horizon
+from transforms.events import DEAD_LETTER_TAG, BadEvent, Event, ParsePlan, dead_letter
 from transforms.features import FeatureRow
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
 
 _LOG = logging.getLogger(__name__)
 EVENTS_TAG = "events"
+DUPLICATES_TAG = "duplicates"
 RANGE_BYTES = 16 * 1024 * 1024
 CHUNK_LINES = 50_000
 
@@ -111,16 +113,19 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._dead = Metrics.counter("parse", "dead_lettered")
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
 
-    def process(self, file_range: FileRange) -> Iterable:
+    def process(self, file_range: FileRange, duplicate_ids: Iterable[str] = ()) -> Iterable:
         columnar = not file_range.path.endswith(".parquet")
-        return self._process_lines(read_range(file_range), columnar)
+        return self._process_lines(read_range(file_range), columnar, list(duplicate_ids))
 
-    def _process_lines(self, raw_events: Iterable[Any], columnar: bool = True) -> Iterable:
+    def _process_lines(self, raw_events: Iterable[Any], columnar: bool = True,
+                       duplicate_ids: Sequence[str] = ()) -> Iterable:
         tiles: list[dict] = [dict() for _ in self._views]
         counts = [0, 0]  # seen, parsed
+        self._duplicates = set(duplicate_ids)
+        exclude = pa.array(list(self._duplicates), pa.string()) if self._duplicates else None
         if self._columnar is not None and columnar:
             for chunk in _chunks(raw_events, CHUNK_LINES):
-                tables, slow = self._columnar.parse(chunk)
+                tables, slow = self._columnar.parse(chunk, exclude)
                 if tables:
                     table = pa.concat_tables(tables)  # bisected blocks: one group-by, not many
                     counts[0] += table.num_rows
@@ -157,6 +162,9 @@ class _ReadAndPreaggregate(beam.DoFn):
                     DEAD_LETTER_TAG, dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse"))
                 continue
             counts[1] += 1
+            if event.event_id is not None and event.event_id in self._duplicates:
+                yield pvalue.TaggedOutput(DUPLICATES_TAG, (event.event_id, event))  # resolved after a shuffle
+                continue
             t = event.event_time_ms
             if self._emit_events:  # for views that cannot be tiled (sessions)
                 yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, t / 1000.0))
@@ -177,6 +185,31 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+class _KeptEventsToTiles(beam.DoFn):
+    """(id, copies of one event) -> the copies kept by the horizon rule, as tiles (and as events
+    for the views that are not tiled)."""
+
+    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool):
+        plan = ParsePlan.from_spec(spec)
+        self._horizon_ms = spec.source.dedup_horizon * 1000
+        self._views = [(v.name, plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
+                       for v in views]
+        self._emit_events = emit_events
+        self._removed = Metrics.counter("dedup", "duplicates_removed")
+
+    def process(self, element: tuple[str, Iterable[Event]]) -> Iterable:
+        copies = list(element[1])
+        kept = keep_within_horizon(copies, self._horizon_ms)
+        self._removed.inc(len(copies) - len(kept))
+        for event in kept:
+            t = event.event_time_ms
+            if self._emit_events:
+                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, t / 1000.0))
+            for name, entity_index, tile, fn in self._views:
+                acc = fn.add_input(fn.create_accumulator(), event)
+                yield ((name, event.keys[entity_index]), (t - t % tile, fn.get_accumulator_coder().encode(acc)))
 
 
 class _AssembleWindows(beam.DoFn):
@@ -224,17 +257,40 @@ class TiledBackfill(beam.PTransform):
         self._paths = paths
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> TiledRead:
-        read = (
+        ranges = (
             pbegin
             | "File ranges" >> beam.Create(split_files(self._paths))
             | "Spread ranges" >> beam.Reshuffle()
-            | "Read and pre-aggregate"
-            >> beam.ParDo(_ReadAndPreaggregate(self._spec, self._views, self._emit_events))
-            .with_outputs(DEAD_LETTER_TAG, EVENTS_TAG, main="tiles")
         )
+        duplicate_ids: Any = []
+        id_field = self._spec.source.id_field
+        if id_field:
+            # Pre-pass over ids only: which ids occur more than once anywhere in the input.
+            duplicate_ids = beam.pvalue.AsList(
+                ranges
+                | "Read ids" >> beam.FlatMap(lambda r: filter(None, (event_id_of(raw, id_field) for raw in read_range(r))))
+                | "Count ids" >> beam.combiners.Count.PerElement()
+                | "Repeated ids" >> beam.Filter(lambda kv: kv[1] > 1)
+                | "Ids" >> beam.Keys()
+            )
+        read = ranges | "Read and pre-aggregate" >> beam.ParDo(
+            _ReadAndPreaggregate(self._spec, self._views, self._emit_events), duplicate_ids
+        ).with_outputs(DEAD_LETTER_TAG, EVENTS_TAG, DUPLICATES_TAG, main="tiles")
+        tiles = read.tiles
+        events = read[EVENTS_TAG]
+        if id_field:
+            kept = (
+                read[DUPLICATES_TAG]
+                | "Group copies" >> beam.GroupByKey()
+                | "Keep within horizon" >> beam.ParDo(
+                    _KeptEventsToTiles(self._spec, self._views, self._emit_events)
+                ).with_outputs(EVENTS_TAG, main="tiles")
+            )
+            tiles = (tiles, kept.tiles) | "All tiles" >> beam.Flatten()
+            events = (events, kept[EVENTS_TAG]) | "All events" >> beam.Flatten()
         rows = (
-            read.tiles
+            tiles
             | "Group tiles" >> beam.GroupByKey()
             | "Assemble windows" >> beam.ParDo(_AssembleWindows(self._spec, self._views))
         )
-        return TiledRead(rows, read[EVENTS_TAG], read[DEAD_LETTER_TAG])
+        return TiledRead(rows, events, read[DEAD_LETTER_TAG])

@@ -1,0 +1,86 @@
+"""Duplicate events (same id) are removed within the spec's horizon - in streaming (TestStream)
+and in both backfill paths, also when the copies sit in different ranges of a split file."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import apache_beam as beam
+import pyarrow.dataset as ds
+import pytest
+import yaml
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+
+from conftest import streaming_options
+from helpers import T0, make_spec, ms, view
+from pipelines import backfill_features
+from transforms import tiles
+from transforms.dedup import DropDuplicateEvents
+from transforms.events import ParseEvents
+
+
+def _event(t: float, event_id: str | None, amount: float = 1.0, user: str = "u1") -> str:
+    record = {"ts": ms(t), "user_id": user, "amount": amount}
+    if event_id is not None:
+        record["id"] = event_id
+    return json.dumps(record)
+
+
+def test_streaming_drops_repeated_ids_within_the_horizon_only():
+    spec = make_spec([view()], id_field="id")
+    horizon = spec.source.dedup_horizon  # default 10 minutes
+    stream = (
+        TestStream()
+        .advance_watermark_to(ms(0) / 1000)
+        .add_elements([_event(1, "a", 1.0), _event(2, "b", 2.0), _event(1, "a", 1.0)])  # redelivery
+        .add_elements([_event(3, None, 4.0), _event(3, None, 4.0)])  # no id: both count
+        .advance_watermark_to(ms(horizon + 30) / 1000)
+        .add_elements([_event(horizon + 20, "a", 8.0)])  # same id, beyond the horizon: kept
+        .advance_watermark_to_infinity()
+    )
+    with beam.Pipeline(options=streaming_options()) as p:
+        events = p | stream | ParseEvents(spec)
+        unique = events.events | DropDuplicateEvents(horizon, streaming=True)
+        assert_that(unique | beam.Map(lambda e: (e.event_id, e.nums[0])),
+                    equal_to([("a", 1.0), ("b", 2.0), (None, 4.0), (None, 4.0), ("a", 8.0)]))
+    removed = sum(c.committed for c in p.result.metrics().query()["counters"]
+                  if c.key.metric.name == "duplicates_removed")
+    assert removed >= 1  # (the DirectRunner under-reports streaming counters; at least the one)
+
+
+@pytest.mark.parametrize("preaggregate", ["true", "false"])
+def test_backfill_removes_duplicates_across_split_ranges(tmp_path, monkeypatch, preaggregate):
+    monkeypatch.setattr(tiles, "RANGE_BYTES", 2048)  # many ranges: copies land in different ones
+    lines = []
+    for i in range(300):
+        lines.append(_event(i, f"e{i}", float(i), user=f"u{i % 3}"))
+        if i % 10 == 0:
+            lines.append(_event(i, f"e{i}", float(i), user=f"u{i % 3}"))  # redelivered copy
+        if i % 50 == 0:
+            lines.append(_event(i + 900, f"e{i}", 1000.0, user=f"u{i % 3}"))  # same id, 15 min later: kept
+    lines.extend(lines[:40])  # a re-run appended to the file: 40 more copies
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    data = {"project": "dedup", "source": {"timestamp_field": "ts", "id_field": "id"},
+            "entities": {"user": {"join_key": "user_id"}},
+            "feature_views": [{"name": "daily", "entity": "user", "window": {"type": "fixed", "size": "1d"},
+                               "features": [{"name": "n", "agg": "count"},
+                                            {"name": "s", "agg": "sum", "field": "amount"}]}]}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    offline = tmp_path / "offline"
+    result = backfill_features.run(["--events", str(events), "--feature_spec", str(spec),
+                                    "--online_store", f"sqlite:///{tmp_path}/o.db", "--offline_store", str(offline),
+                                    "--runner", "FnApiRunner", "--preaggregate", preaggregate])
+    expected_n, expected_s = defaultdict(int), defaultdict(float)
+    for i in range(300):
+        expected_n[f"u{i % 3}"] += 1 + (i % 50 == 0)
+        expected_s[f"u{i % 3}"] += float(i) + (1000.0 if i % 50 == 0 else 0.0)
+    rows = ds.dataset(offline / "daily", partitioning="hive").to_table().to_pylist()
+    assert {r["user_id"]: r["n"] for r in rows} == dict(expected_n)
+    assert {r["user_id"]: r["s"] for r in rows} == pytest.approx(dict(expected_s))
+    removed = sum(c.committed for c in result.metrics().query()["counters"]
+                  if c.key.metric.name == "duplicates_removed")
+    assert removed == 30 + 40
