@@ -141,6 +141,8 @@ def run(
             offline_store=stores.offline_store,
             dead_letter=stores.dead_letter,
             timestamp_from_element=bool(pubsub.timestamp_attribute),
+            # the lateness guard's clock: the replay's watermark, or wall-clock time for Pub/Sub
+            clock="element" if replay.replay else "wall" if not events else None,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
@@ -36,6 +37,7 @@ class Event(NamedTuple):
     nums: Sequence[Optional[float]]  # one per ParsePlan.num_fields
     strs: Sequence[Optional[str]]  # one per ParsePlan.str_fields
     matches: int  # bit i set when ParsePlan.where_clauses[i] matches
+    arrival_ms: Optional[int] = None  # the pipeline clock when it arrived (lateness guard)
 
 
 class DeadLetter(NamedTuple):
@@ -276,17 +278,25 @@ def _equals_any(value: Any, allowed: tuple) -> bool:
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(self, plan: ParsePlan, timestamp_from_element: bool):
+    def __init__(self, plan: ParsePlan, timestamp_from_element: bool, clock: Optional[str]):
         self._plan = plan
         self._from_element = timestamp_from_element
+        self._clock = clock
         self._events_in = Metrics.counter("parse", "events_in")
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
 
     def process(self, raw: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable:
         self._events_in.inc()
+        arrival_ms = None
+        if self._clock == "element":  # (payload, clock) pairs from the replay source
+            raw, arrival_ms = raw
+        elif self._clock == "wall":
+            arrival_ms = int(time.time() * 1000)
         try:
             event = self._plan.parse(raw, timestamp.micros // 1000 if self._from_element else None)
+            if arrival_ms is not None:
+                event = event._replace(arrival_ms=arrival_ms)
         except BadEvent as err:
             self._dead.inc()
             Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
@@ -309,13 +319,18 @@ class ParseEvents(beam.PTransform):
 
     With `timestamp_from_element`, event time is the element's timestamp (set by the source,
     e.g. ReadFromPubSub's timestamp_attribute) instead of the payload's timestamp field.
+    `clock` stamps each event with the pipeline clock at arrival, for the lateness guard:
+    "element" (the source sends (payload, clock) pairs: the replay's watermark), "wall" (live
+    sources, whose watermark never runs ahead of wall-clock time) or None (no guard).
     """
 
-    def __init__(self, spec: FeatureSpecFile, timestamp_from_element: bool = False):
+    def __init__(self, spec: FeatureSpecFile, timestamp_from_element: bool = False,
+                 clock: Optional[str] = None):
         super().__init__()
         self._plan = ParsePlan.from_spec(spec)
         self._from_element = timestamp_from_element
+        self._clock = clock
 
     def expand(self, raw: beam.PCollection) -> pvalue.DoOutputsTuple:
-        parse = beam.ParDo(_ParseFn(self._plan, self._from_element)).with_output_types(Event)
+        parse = beam.ParDo(_ParseFn(self._plan, self._from_element, self._clock)).with_output_types(Event)
         return raw | "Parse" >> parse.with_outputs(DEAD_LETTER_TAG, main="events")

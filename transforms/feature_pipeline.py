@@ -13,11 +13,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.dedup import DropDuplicateEvents
-from transforms.events import ParseEvents
+from transforms.events import DEAD_LETTER_TAG, ParseEvents
 from transforms.features import ComputeFeatures
 from transforms.sinks import WriteDeadLetters, WriteOffline, WriteOnline
 from transforms.spec import FeatureSpecFile
 from transforms.tiles import TiledBackfill, tileable
+from transforms.windowing import GuardLateness
 
 
 class FeatureOutputs(NamedTuple):
@@ -36,9 +37,11 @@ class FeaturePipeline(beam.PTransform):
         offline_store: Optional[str] = None,
         dead_letter: Optional[str] = None,
         timestamp_from_element: bool = False,
+        clock: Optional[str] = None,
     ):
         super().__init__()
         self._from_element = timestamp_from_element
+        self._clock = clock
         self._spec = spec
         self._streaming = streaming
         self._online = online_store
@@ -46,17 +49,22 @@ class FeaturePipeline(beam.PTransform):
         self._dead_letter = dead_letter
 
     def expand(self, raw: beam.PCollection) -> FeatureOutputs:
-        parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element)
+        parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element, self._clock)
         events = parsed.events
         if self._spec.source.id_field:
             events = events | "Drop duplicate ids" >> DropDuplicateEvents(
                 self._spec.source.dedup_horizon, self._streaming)
-        per_view = [
-            events | ComputeFeatures(self._spec, view, self._streaming)
-            for view in self._spec.feature_views
-        ]
+        per_view, dead_letters = [], [parsed.dead_letter]
+        for view in self._spec.feature_views:
+            view_events = events
+            if self._clock is not None:
+                guarded = events | GuardLateness(view)
+                view_events = guarded.events
+                dead_letters.append(guarded[DEAD_LETTER_TAG])
+            per_view.append(view_events | ComputeFeatures(self._spec, view, self._streaming))
         rows = per_view | "Merge views" >> beam.Flatten()
-        return write_outputs(rows, parsed.dead_letter, self._spec, self._online, self._offline, self._dead_letter,
+        all_dead = dead_letters | "Merge dead letters" >> beam.Flatten() if len(dead_letters) > 1 else dead_letters[0]
+        return write_outputs(rows, all_dead, self._spec, self._online, self._offline, self._dead_letter,
                              bounded=not self._streaming)
 
 

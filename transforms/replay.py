@@ -1,6 +1,7 @@
 """Local replay: a JSONL file played as a stream on the DirectRunner (Beam's TestStream).
 
-File order is arrival order. The watermark trails the newest event time seen by `max_delay`
+File order is arrival order; elements are (line, watermark at arrival) pairs (ParseEvents
+with clock="element"). The watermark trails the newest event time seen by `max_delay`
 (bounded out-of-orderness), and simulated processing time follows event time, so early
 (processing-time) firings, on-time panes and late panes all happen as they would in production:
 an event older than the watermark when it arrives is late.
@@ -45,7 +46,9 @@ def build_replay(
         nonlocal watermark, newest
         if not pending:
             return
-        stream.add_elements(list(pending))
+        # each line travels with the replay's watermark at its arrival: the lateness guard's clock
+        clock = watermark if watermark is not None else -1
+        stream.add_elements([(line, clock) for line in pending])
         pending.clear()
         if newest is None:
             return

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as tr
 from apache_beam.transforms import window
 
+from transforms.events import DEAD_LETTER_TAG, Event, dead_letter
 from transforms.spec import FeatureViewSpec, FixedWindow, SlidingWindow
 
 
@@ -54,3 +59,59 @@ class WindowFromSpec(beam.PTransform):
             accumulation_mode=accumulation_mode(self._view),
             allowed_lateness=self._view.allowed_lateness,
         )
+
+
+def window_ends_ms(view: FeatureViewSpec, t_ms: int) -> tuple[int, int]:
+    """(earliest, latest) end of the windows an event at t_ms is assigned to, before merging."""
+    spec = view.window
+    if isinstance(spec, FixedWindow):
+        size = spec.size * 1000
+        end = t_ms - t_ms % size + size
+        return end, end
+    if isinstance(spec, SlidingWindow):
+        period = spec.period * 1000
+        first = t_ms - t_ms % period + period
+        return first, first + spec.size * 1000 - period
+    end = t_ms + spec.gap * 1000
+    return end, end
+
+
+class _GuardLateness(beam.DoFn):
+    def __init__(self, view: FeatureViewSpec):
+        self._view = view
+        self._lateness_ms = view.allowed_lateness * 1000
+        self._too_late = Metrics.counter("windowing", "too_late")
+        self._partly = Metrics.counter("windowing", "too_late_for_some_windows")
+
+    def process(self, event: Event) -> Iterable:
+        if event.arrival_ms is not None:
+            earliest, latest = window_ends_ms(self._view, event.event_time_ms)
+            if event.arrival_ms > latest + self._lateness_ms:
+                self._too_late.inc()
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                    {"view": self._view.name, "event_time_ms": event.event_time_ms, "keys": list(event.keys),
+                     "event_id": event.event_id},
+                    "too_late",
+                    f"{self._view.name}: every window of this event closed (end + allowed_lateness "
+                    f"{self._view.allowed_lateness}s) before it arrived (event time "
+                    f"{event.event_time_ms} ms, pipeline clock {event.arrival_ms} ms)",
+                    f"window:{self._view.name}",
+                ))
+                return
+            if event.arrival_ms > earliest + self._lateness_ms:
+                self._partly.inc()  # Beam counts it in the windows still open, like any late event
+        yield event
+
+
+class GuardLateness(beam.PTransform):
+    """Events too late for every window of a view -> dead letters (reason too_late), instead of
+    vanishing in the GroupByKey. The guard's clock (Event.arrival_ms) is never behind the
+    watermark the windowing sees, so whatever it lets through the windowing keeps."""
+
+    def __init__(self, view: FeatureViewSpec):
+        super().__init__(f"Lateness {view.name}")
+        self._view = view
+
+    def expand(self, events: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return events | "Guard" >> beam.ParDo(_GuardLateness(self._view)).with_output_types(Event).with_outputs(
+            DEAD_LETTER_TAG, main="events")
