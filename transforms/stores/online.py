@@ -8,6 +8,7 @@ windows never overwrite fresher values.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ from transforms.features import FeatureRow
 from transforms.spec import EmbeddingSpec, FeatureSpecFile, FeatureViewSpec, SpecError
 
 T = TypeVar("T")
+_LOG = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -117,19 +119,37 @@ class OnlineStore:
             raise SpecError(f"unknown view {view!r} (views: {', '.join(self.views)})") from None
 
 
+_SECRET_QUERY_KEYS = frozenset({"password", "ssl_password"})
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe for logs and errors."""
+    """The URL with any password (in the user info or a `password=` / `ssl_password=` query
+    parameter) replaced by ***, safe for logs and errors.
+
+    When in doubt it hides more: an unencoded `/`, `?` or `#` in a password ends the authority
+    early and pushes the rest of the password into the path, so if an `@` follows a host part
+    that has none, everything up to the last `@` is hidden.
+    """
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            netloc = f"{user}:***@{hostport}"
+    elif netloc and "@" in url[url.index(netloc) + len(netloc):]:
+        return f"{parts.scheme}://***@{url.rpartition('@')[2]}"
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***"
+        if pair.partition("=")[0].lower() in _SECRET_QUERY_KEYS else pair
+        for pair in parts.query.split("&")
+    ) if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def open_online_store(
@@ -159,19 +179,33 @@ def with_retries(
     base_delay: float = 0.2,
     max_delay: float = 5.0,
     on_retry: Optional[Callable[[int, BaseException], None]] = None,
+    give_up: Optional[Callable[[BaseException], bool]] = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run `call`, retrying `retriable` errors with bounded exponential backoff and full jitter.
+    """Run `call`, retrying `retriable` errors with bounded exponential backoff and jitter.
 
     Safe because every store write is idempotent and monotonic. After the budget, raise
     StoreError: the bundle fails and the runner retries or fails the job - never a silent drop.
+    Errors for which `give_up(err)` is true (a wrong password...) raise StoreError at once.
+
+    The wait before attempt n+1 is drawn from [d/2, d], d = min(max_delay, base_delay * 2**(n-1))
+    ("equal jitter"): callers still spread out, but the waits never collapse towards zero. With
+    the defaults the five waits add up to 3.1-6.2 s, so a Redis restart or failover of 1-2 s is
+    always bridged; with full jitter ([0, d]) they added up to under 2 s in 17% of runs.
     """
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except retriable as err:
+            if give_up is not None and give_up(err):
+                raise StoreError(f"{what}: {err}") from err
             if attempt == attempts:
                 raise StoreError(f"{what}: failed after {attempts} attempts: {err}") from err
+            cap = min(max_delay, base_delay * 2 ** (attempt - 1))
+            delay = random.uniform(cap / 2, cap)
+            _LOG.warning("%s: attempt %d of %d failed (%s); retrying in %.2f s",
+                         what, attempt, attempts, err, delay)
             if on_retry:
                 on_retry(attempt, err)
-            time.sleep(random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1))))
+            sleep(delay)
     raise AssertionError("unreachable")

@@ -4,13 +4,31 @@ Key: Feast entity key v3 + project. Hash fields: murmur3 of `view:feature` -> Fe
 `_ts:view` -> protobuf Timestamp (window end). Our bookkeeping field `_win:view` holds
 "window_end_ms:pane_index:window_start_ms"; Feast ignores fields it does not ask for.
 Each row is one Lua script call (atomic compare-and-set); a batch is one pipelined round trip.
+
+URL forms (`--online_store`); a query parameter we do not know is an error, not ignored:
+
+    redis://host:6379/0                               no auth
+    redis://:password@host:6379/0                     requirepass (the default user)
+    redis://user:password@host:6379/0                 ACL user
+    rediss://host:6380/0?ssl_ca_certs=/etc/ca.pem     TLS, server verified against a private CA
+        &ssl_cert_reqs=required|optional|none         (default required; none skips verification)
+        &ssl_check_hostname=false                     (default true when verifying)
+        &ssl_certfile=/c.pem&ssl_keyfile=/c.key       (client certificate, for mutual TLS)
+
+Percent-encode `@ : / ? #` in user names and passwords (`p@ss` -> `p%40ss`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import os
+import ssl
+import urllib.parse
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import redis
+from apache_beam.metrics import Metrics
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from transforms.features import FeatureRow
 from transforms.stores.feast_codec import (
@@ -31,15 +49,19 @@ from transforms.stores.online import (
 )
 from transforms.spec import FeatureSpecFile
 
+T = TypeVar("T")
+
 # KEYS[1] entity key. ARGV: win field, window end ms, pane index, win value, ttl ms, then
-# field/value pairs. Returns 1 when written, 0 when the stored window/pane is newer or equal.
+# field/value pairs. Returns 1 when written, 0 when the stored window/pane is newer, 2 when it is
+# the same (a replay - or our own earlier attempt at this batch, if the reply was lost).
 _UPSERT = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local e, p = string.match(cur, '^(%d+):(%d+)')
   e = tonumber(e); p = tonumber(p)
   local ne = tonumber(ARGV[2]); local np = tonumber(ARGV[3])
-  if ne < e or (ne == e and np <= p) then return 0 end
+  if ne < e or (ne == e and np < p) then return 0 end
+  if ne == e and np == p then return 2 end
 end
 local existed = redis.call('EXISTS', KEYS[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], unpack(ARGV, 6))
@@ -54,33 +76,109 @@ return 1
 """
 
 RETRIABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+_URL_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+                          "health_check_interval", "client_name"})
+_TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_cert_reqs", "ssl_certfile",
+                          "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_min_version",
+                          "ssl_ciphers"})
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+# AuthorizationError is recent in redis-py (we accept redis>=5).
+_AUTH_ERRORS = tuple(getattr(redis.exceptions, name)
+                     for name in ("AuthenticationError", "AuthorizationError")
+                     if hasattr(redis.exceptions, name))
+_RETRIES = Metrics.counter("online_store", "retries")
+
+
+def _is_permanent(err: BaseException) -> bool:
+    """Errors no retry fixes: redis-py files a wrong password and a failed TLS certificate check
+    under ConnectionError, but waiting will not make them succeed."""
+    if not isinstance(err, RETRIABLE):
+        return True
+    if isinstance(err, _AUTH_ERRORS):
+        return True
+    return isinstance(err.__cause__ or err.__context__, ssl.SSLCertVerificationError)
+
+
+def _check_url(url: str, redacted: str) -> None:
+    """Refuse what redis-py would misread silently: a host lost to an unencoded character in the
+    password, a misspelt query parameter, TLS options on a plain connection, a missing CA file."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0  # None: redis-py uses 6379
+    except ValueError:  # "user:pa/ss@host" reads as host "user", port "pa"
+        port_ok = False
+    # An "@" outside the user info means a password with an unencoded / ? or # in it: the rest
+    # of the URL would be misread, and must not be echoed in an error either.
+    if ("@" in url and "@" not in parts.netloc) or (
+            parts.scheme in ("redis", "rediss") and not (parts.hostname and port_ok)):
+        raise StoreError(f"--online_store: cannot parse Redis URL {redacted!r}: expected "
+                         "redis[s]://[user:password@]host:port/db; percent-encode @ : / ? # "
+                         "in the user name, the password and query values")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    allowed = _URL_OPTIONS | (_TLS_OPTIONS if parts.scheme == "rediss" else frozenset())
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        hint = " (TLS options need rediss://)" if set(unknown) & _TLS_OPTIONS else ""
+        raise StoreError(f"--online_store: unsupported parameter(s) {', '.join(unknown)} in "
+                         f"{redacted!r}{hint}; supported: {', '.join(sorted(allowed))}")
+    reqs = query.get("ssl_cert_reqs", ["required"])[-1]
+    if reqs not in ("required", "optional", "none"):
+        raise StoreError(
+            f"--online_store: ssl_cert_reqs must be required, optional or none (got {reqs!r})")
+    for name in _TLS_FILES:
+        for path in query.get(name, []):
+            if not os.path.isfile(path):
+                raise StoreError(f"--online_store: {name} file not found: {path!r}")
 
 
 class RedisOnlineStore(OnlineStore):
     def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None):
         super().__init__(spec, views)
         self.url = redact_url(url)
+        _check_url(url, self.url)
         try:
+            # One retry policy, ours (bounded, logged, counted). redis-py may reconnect once,
+            # without waiting, for a pooled connection the server closed while idle; its own
+            # default has changed between releases (none, 3, now 10 retries) and would multiply ours.
+            # Connecting is one round trip plus a TLS handshake: 5 s keeps a black-holed host's
+            # whole budget (6 attempts) under a minute.
             self._client = redis.Redis.from_url(
-                url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30
+                url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
+                retry=Retry(NoBackoff(), 1),
             )
         except ValueError as err:
             raise StoreError(f"--online_store: invalid Redis URL {self.url!r}: {err}") from None
         self._upsert = self._client.register_script(_UPSERT)
         self._project = spec.project.encode("utf-8")
 
+    def __repr__(self) -> str:
+        return f"RedisOnlineStore({self.url!r}, project={self.project!r})"
+
     def _key(self, layout: ViewLayout, entity: Any) -> bytes:
         return serialize_entity_key([layout.join_key], [entity], [layout.key_dtype]) + self._project
 
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """`call` under with_retries; every Redis error comes out as a StoreError naming the
+        (redacted) URL."""
+        return with_retries(call, (redis.RedisError,), f"Redis {self.url}", give_up=_is_permanent,
+                            on_retry=lambda attempt, err: _RETRIES.inc())
+
     def ping(self) -> None:
-        with_retries(self._client.ping, RETRIABLE, f"Redis {self.url}")
+        self._retrying(self._client.ping)
 
     def write(self, rows: Sequence[FeatureRow]) -> WriteResult:
         if not rows:
             return WriteResult(0, 0)
-        return with_retries(lambda: self._write_once(rows), RETRIABLE, f"Redis {self.url}")
+        attempts = 0
 
-    def _write_once(self, rows: Sequence[FeatureRow]) -> WriteResult:
+        def _write() -> WriteResult:
+            nonlocal attempts
+            attempts += 1
+            return self._write_once(rows, retried=attempts > 1)
+
+        return self._retrying(_write)
+
+    def _write_once(self, rows: Sequence[FeatureRow], retried: bool = False) -> WriteResult:
         pipe = self._client.pipeline(transaction=False)
         for row in rows:
             layout = self.layout(row.view)
@@ -98,7 +196,10 @@ class RedisOnlineStore(OnlineStore):
                 args.append(encode_value(value, kind))
             self._upsert(keys=[self._key(layout, row.entity)], args=args, client=pipe)
         results = pipe.execute()
-        written = sum(1 for r in results if r == 1)
+        # After a lost reply, rows our earlier attempt applied come back as "same pane": count
+        # them as written, so rows_written does not depend on where a connection dropped.
+        done = (1, 2) if retried else (1,)
+        written = sum(1 for r in results if r in done)
         return WriteResult(written, len(results) - written)
 
     def read(self, view: str, entities: Sequence[Any]) -> list[Optional[OnlineRecord]]:
@@ -112,7 +213,7 @@ class RedisOnlineStore(OnlineStore):
             return pipe.execute()
 
         out: list[Optional[OnlineRecord]] = []
-        for values in with_retries(_read, RETRIABLE, f"Redis {self.url}"):
+        for values in self._retrying(_read):
             if values[-1] is None:
                 out.append(None)
                 continue

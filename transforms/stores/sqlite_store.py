@@ -4,6 +4,10 @@ Feature values live in Feast's table `<project>_<view>` (entity_key, feature_nam
 value_text, vector_value, event_ts, created_ts), so Feast's own `get_online_features` reads them.
 Our bookkeeping (the stored window and pane per entity) lives in a separate table, and every
 batch is one `BEGIN IMMEDIATE` transaction: atomic, and safe with several writer processes.
+
+A writer that finds the database locked waits in SQLite's busy handler (`busy_timeout`, 5 s),
+then retries with backoff (`with_retries`): about 35 s in all before a StoreError. Readers never
+wait: in WAL mode they read the last committed state while a write is under way.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+from apache_beam.metrics import Metrics
 
 from transforms.features import FeatureRow
 from transforms.stores.feast_codec import decode_value, encode_value, serialize_entity_key
@@ -26,6 +32,9 @@ from transforms.stores.online import (
 )
 from transforms.spec import FeatureSpecFile
 
+T = TypeVar("T")
+_RETRIES = Metrics.counter("online_store", "retries")
+
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
@@ -37,6 +46,15 @@ def _sqlite_ts(millis: int) -> int:
     return millis // 1000
 
 
+def _is_permanent(err: BaseException) -> bool:
+    """Only a busy/locked database is worth waiting for; a missing table, a read-only file or a
+    full disk will not fix itself."""
+    name = getattr(err, "sqlite_errorname", "")
+    if name:
+        return not name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    return "locked" not in str(err) and "busy" not in str(err)
+
+
 def sqlite_path(url: str) -> str:
     """sqlite:///relative/path.db or sqlite:////absolute/path.db -> filesystem path."""
     if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
@@ -45,7 +63,8 @@ def sqlite_path(url: str) -> str:
 
 
 class SqliteOnlineStore(OnlineStore):
-    def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None):
+    def __init__(self, url: str, spec: FeatureSpecFile,
+                 views: Optional[dict[str, ViewLayout]] = None, busy_timeout: float = 5.0):
         super().__init__(spec, views)
         self.path = sqlite_path(url)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -53,20 +72,30 @@ class SqliteOnlineStore(OnlineStore):
             # A DoFn instance serves one bundle at a time, but Beam may run bundles (and teardown)
             # on different threads of the worker.
             self._conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as err:
             raise StoreError(f"--online_store: cannot open SQLite database {self.path!r}: {err}") from err
         self._meta = _quote(f"{self.project}__windows")
-        with_retries(self._create_tables, (sqlite3.OperationalError,), f"SQLite {self.path}")
+        # Switching to WAL needs a moment without other writers, like creating the tables.
+        self._retrying(self._create_tables)
+
+    def __repr__(self) -> str:
+        return f"SqliteOnlineStore({self.path!r}, project={self.project!r})"
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """`call` under with_retries while the database is locked; any other SQLite error comes
+        out at once as a StoreError naming the file."""
+        return with_retries(call, (sqlite3.Error,), f"SQLite {self.path}", give_up=_is_permanent,
+                            on_retry=lambda attempt, err: _RETRIES.inc())
 
     def _table(self, view: str) -> str:
         return _quote(f"{self.project}_{view}")
 
     def _create_tables(self) -> None:
         conn = self._conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         for view in self.views:
             table = self._table(view)
             # Exactly Feast's statements (feast/infra/online_stores/sqlite.py, update()).
@@ -87,9 +116,7 @@ class SqliteOnlineStore(OnlineStore):
     def write(self, rows: Sequence[FeatureRow]) -> WriteResult:
         if not rows:
             return WriteResult(0, 0)
-        return with_retries(
-            lambda: self._write_once(rows), (sqlite3.OperationalError,), f"SQLite {self.path}"
-        )
+        return self._retrying(lambda: self._write_once(rows))
 
     def _write_once(self, rows: Sequence[FeatureRow]) -> WriteResult:
         conn = self._conn
@@ -127,7 +154,10 @@ class SqliteOnlineStore(OnlineStore):
                 written += 1
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (a full disk, an I/O error): a second ROLLBACK
+            # would raise "no transaction is active" and hide the real error.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return WriteResult(written, stale)
 
