@@ -118,8 +118,15 @@ def run_main(program: str, main) -> None:
         main()
     except (SpecError, UsageError) as err:
         fail(program, str(err))
-    except StoreError as err:
-        fail(program, str(err), code=1)
+    except Exception as err:
+        # Runners wrap a failed bundle's exception in their own; a store that stayed unreachable
+        # after its retry budget is still one clear line, not a traceback.
+        cause: Optional[BaseException] = err
+        while cause is not None and not isinstance(cause, StoreError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        fail(program, str(cause), code=1)
 
 
 def redacted(url: Optional[str]) -> str:
