@@ -297,12 +297,20 @@ def parse_spec(data: Any, source: str = "<spec>") -> FeatureSpecFile:
 
 
 def load_spec(path: str | Path) -> FeatureSpecFile:
-    """Read a YAML spec with yaml.safe_load (never yaml.load) and validate it."""
-    path = Path(path)
+    """Read a YAML spec (local path or gs://...) with yaml.safe_load (never yaml.load) and validate it."""
+    path = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read the feature spec: {err.strerror or err}") from None
+        if "://" in path:
+            from apache_beam.io.filesystems import FileSystems
+
+            with FileSystems.open(path) as handle:
+                text = handle.read().decode("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read the feature spec: {getattr(err, 'strerror', None) or err}") from None
+    except Exception as err:  # Beam's filesystems raise their own error types (BeamIOError, ...)
+        raise SpecError(f"{path}: cannot read the feature spec: {err}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
