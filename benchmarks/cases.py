@@ -1,0 +1,179 @@
+"""One benchmark case per fresh process: `python -m benchmarks.cases CASE --params JSON --out FILE`.
+
+Run by benchmarks.measure (which measures the process from outside). Each case times only its
+own work - pipeline construction, runner start-up and the run - not interpreter start-up or
+imports, and writes what it measured as JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+_CASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process from /proc/self/status, in MB.
+
+    Not ru_maxrss: Linux carries the parent's RSS high-water mark at fork over the exec into the
+    child's ru_maxrss, so a child of a big parent reports the parent's peak. VmHWM belongs to the
+    address space exec created.
+    """
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def case(
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    _CASES[fn.__name__] = fn
+    return fn
+
+
+class _Clock:
+    """Wall and CPU time of a block; CPU includes reaped child processes (SDK workers)."""
+
+    def __enter__(self) -> "_Clock":
+        self.rss_before_mb = memory_mb("VmRSS")
+        self._children = self._children_cpu()
+        self._cpu = time.process_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.elapsed_s = time.perf_counter() - self._wall
+        self.cpu_s = time.process_time() - self._cpu + self._children_cpu() - self._children
+
+    @staticmethod
+    def _children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def as_dict(self, events: int) -> dict[str, Any]:
+        return {
+            "events": events,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "events_per_s": round(events / self.elapsed_s, 1),
+            "cpu_events_per_s": round(events / self.cpu_s, 1) if self.cpu_s else None,
+            "rss_before_run_mb": round(self.rss_before_mb, 1),
+        }
+
+
+def _counters(result: Any) -> dict[str, int]:
+    from pipelines.common import report
+
+    return report(result, out=io.StringIO())
+
+
+@case
+def backfill(p: dict[str, Any]) -> dict[str, Any]:
+    """pipelines.backfill_features.run on FnApiRunner: parse, windows, features, SQLite, Parquet."""
+    from pipelines.backfill_features import run
+
+    out = Path(p["out_dir"])
+    argv = [
+        "--events",
+        p["events_path"],
+        "--feature_spec",
+        p["spec"],
+        "--online_store",
+        f"sqlite:///{out / 'online.db'}",
+        "--offline_store",
+        str(out / "offline"),
+        "--runner",
+        "FnApiRunner",
+        "--preaggregate",
+        p["preaggregate"],
+    ] + p.get("extra_args", [])
+    with _Clock() as clock:
+        result = run(argv)
+    return {**clock.as_dict(p["events"]), "argv": argv, "counters": _counters(result)}
+
+
+@case
+def streaming(p: dict[str, Any]) -> dict[str, Any]:
+    """pipelines.streaming_features.run --replay (TestStream on the BundleBasedDirectRunner)."""
+    from pipelines.streaming_features import run
+    from pipelines.summary import pane_counts
+
+    out = Path(p["out_dir"])
+    argv = [
+        "--events",
+        p["events_path"],
+        "--replay",
+        "--feature_spec",
+        p["spec"],
+        "--online_store",
+        f"sqlite:///{out / 'online.db'}",
+        "--offline_store",
+        str(out / "offline"),
+    ]
+    with _Clock() as clock:
+        run(argv)
+    panes = {view: dict(pane_counts(str(out / "offline"), view)) for view in p["views"]}
+    return {**clock.as_dict(p["events"]), "argv": argv, "panes": panes}
+
+
+@case
+def handwritten(p: dict[str, Any]) -> dict[str, Any]:
+    """Baseline (a): built-in combiners per feature, CoGroupByKey, one HSET per row."""
+    from benchmarks.handwritten import run
+
+    with _Clock() as clock:
+        result = run(p["events_path"], p["redis_url"])
+    return {**clock.as_dict(p["events"]), "counters": _counters(result)}
+
+
+@case
+def arrow_limit(p: dict[str, Any]) -> dict[str, Any]:
+    """Baseline (b): pyarrow alone, one thread."""
+    import pyarrow
+
+    pyarrow.set_cpu_count(1)
+    pyarrow.set_io_thread_count(1)
+    from benchmarks.arrow_limit import run
+
+    with _Clock() as clock:
+        rows = run(p["events_path"], Path(p["out_dir"]))
+    return {**clock.as_dict(p["events"]), "rows": rows}
+
+
+@case
+def redis_sink(p: dict[str, Any]) -> dict[str, Any]:
+    """B3: RedisOnlineStore.write vs redis-py and redis-benchmark on the same server."""
+    from benchmarks.redis_sink import measure
+    from transforms.spec import load_spec
+
+    return measure(
+        p["redis_url"],
+        p["redis_port"],
+        load_spec(p["spec"]),
+        p["rows"],
+        p["per_row_rows"],
+        p["benchmark_requests"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=sorted(_CASES))
+    parser.add_argument("--params", required=True, help="JSON object of the case's parameters")
+    parser.add_argument("--out", required=True, help="where to write the case's JSON result")
+    args = parser.parse_args()
+    result = _CASES[args.case](json.loads(args.params))
+    result["peak_rss_mb"] = round(memory_mb("VmHWM"), 1)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,545 @@
+"""Derived numbers, goals, the chart and the README table, from one run's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# label -> what the row is called in the table and the chart
+EVENT_CASES = {
+    "baseline_handwritten": "(a) hand-written Beam, built-in combiners, HSET per row",
+    "baseline_handwritten_probe": "(a) hand-written Beam, built-in combiners, HSET per row",
+    "b1_event_path_small": "B1 ours, event path (--preaggregate false)",
+    "b1_tiled_small": "B1 ours, fast path (--preaggregate true)",
+    "b1_tiled_large": "B1 ours, fast path (--preaggregate true)",
+    "b1_tiled_large_2workers": "B1 ours, fast path, 2 workers (multi_processing)",
+    "b1_tiled_tiny": "B1 ours, fast path: fixed cost (start-up)",
+    "b1_tiled_large_dense": "B1 ours, fast path, large count in the small set's time span",
+    "b1_tiled_large_dense_x2": "B1 ours, fast path, 2x large count in the small set's time span",
+    "b2_streaming": "B2 ours, streaming replay (BundleBasedDirectRunner)",
+    "limit_pyarrow_large": "(b) limit: pyarrow alone, one thread",
+}
+
+
+def _ok(results: dict[str, Any], label: str) -> Optional[dict[str, Any]]:
+    case = results["cases"].get(label)
+    return case if case and case.get("ok") else None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a and b else None
+
+
+def _change(new: Optional[float], old: Optional[float]) -> Optional[float]:
+    ratio = _ratio(new, old)
+    return None if ratio is None else ratio - 1
+
+
+def _rate(case: Optional[dict[str, Any]], key: str = "events_per_s") -> Optional[float]:
+    return case.get(key) if case else None
+
+
+def handwritten_label(results: dict[str, Any]) -> Optional[str]:
+    for label in ("baseline_handwritten", "baseline_handwritten_probe"):
+        if _ok(results, label):
+            return label
+    return None
+
+
+MEMORY_SETS = ("small", "large", "large_dense", "large_dense_x2")
+
+
+def _keys(results: dict[str, Any], data_name: str) -> Optional[int]:
+    """Distinct keys the backfill keeps state for: (entity, tile) and (entity, window)."""
+    meta = results["data"].get(data_name)
+    return sum(meta["tiles"].values()) + sum(meta["windows"].values()) if meta else None
+
+
+def _growth(case: Optional[dict[str, Any]]) -> Optional[float]:
+    return case["peak_rss_mb"] - case["rss_before_run_mb"] if case else None
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    hw_label = handwritten_label(results)
+    hw = _ok(results, hw_label) if hw_label else None
+    small, large = _ok(results, "b1_tiled_small"), _ok(results, "b1_tiled_large")
+    two, dense = _ok(results, "b1_tiled_large_2workers"), _ok(results, "b1_tiled_large_dense")
+    dense2, tiny = _ok(results, "b1_tiled_large_dense_x2"), _ok(results, "b1_tiled_tiny")
+    event_path, streaming = _ok(results, "b1_event_path_small"), _ok(results, "b2_streaming")
+    limit, sink = _ok(results, "limit_pyarrow_large"), _ok(results, "b3_redis")
+
+    def cost_us(case: Optional[dict[str, Any]], key: str) -> Optional[float]:
+        return 1e6 * case[key] / case["events"] if case else None
+
+    s: dict[str, Any] = {
+        "handwritten_case": hw_label,
+        "b1_large_vs_handwritten": _ratio(_rate(large), _rate(hw)),
+        "b1_small_vs_handwritten": _ratio(_rate(small), _rate(hw)),
+        "b1_large_vs_handwritten_cpu": _ratio(
+            _rate(large, "cpu_events_per_s"), _rate(hw, "cpu_events_per_s")
+        ),
+        "event_path_vs_handwritten": _ratio(_rate(event_path), _rate(hw)),
+        "b1_large_vs_event_path": _ratio(_rate(large), _rate(event_path)),
+        "limit_vs_b1_large": _ratio(_rate(limit), _rate(large)),
+        "limit_vs_b1_large_cpu": _ratio(
+            _rate(limit, "cpu_events_per_s"), _rate(large, "cpu_events_per_s")
+        ),
+        "two_workers_speedup": _ratio(_rate(two), _rate(large)),
+        "cost_us_per_event": {
+            "small": cost_us(small, "elapsed_s"),
+            "large": cost_us(large, "elapsed_s"),
+        },
+        "cpu_us_per_event": {"small": cost_us(small, "cpu_s"), "large": cost_us(large, "cpu_s")},
+        "distinct_keys": {n: _keys(results, n) for n in MEMORY_SETS},
+        "rss_growth_mb": {
+            "small": _growth(small),
+            "large": _growth(large),
+            "large_dense": _growth(dense),
+            "large_dense_x2": _growth(dense2),
+        },
+    }
+    if tiny and small and large:  # marginal cost: the fixed start-up cost (tiny run) taken out
+        s["marginal_us_per_event"] = {
+            n: 1e6 * (c["elapsed_s"] - tiny["elapsed_s"]) / (c["events"] - tiny["events"])
+            for n, c in (("small", small), ("large", large))
+        }
+        s["marginal_cost_change_small_to_large"] = (
+            s["marginal_us_per_event"]["large"] / s["marginal_us_per_event"]["small"] - 1
+        )
+        s["fixed_cost_s"] = tiny["elapsed_s"]
+    costs, cpu = s["cost_us_per_event"], s["cpu_us_per_event"]
+    s["cost_change_small_to_large"] = _change(costs["large"], costs["small"])
+    s["cpu_cost_change_small_to_large"] = _change(cpu["large"], cpu["small"])
+    keys, growth = s["distinct_keys"], s["rss_growth_mb"]
+    s["rss_kb_per_key"] = {
+        n: 1024 * growth[n] / keys[n] if growth[n] and keys[n] else None for n in MEMORY_SETS
+    }
+    s["dense_keys_ratio"] = _ratio(keys["large_dense"], keys["small"])
+    s["dense_events_ratio"] = _ratio(dense["events"], small["events"]) if dense and small else None
+    s["dense_rss_growth_ratio"] = _ratio(growth["large_dense"], growth["small"])
+    s["saturated_keys_ratio"] = _ratio(keys["large_dense_x2"], keys["large_dense"])
+    s["saturated_events_ratio"] = (
+        _ratio(dense2["events"], dense["events"]) if dense and dense2 else None
+    )
+    s["saturated_rss_growth_ratio"] = _ratio(growth["large_dense_x2"], growth["large_dense"])
+    if sink:
+        s["b3_ours_vs_pipelined"] = _ratio(
+            sink["ours_rows_per_s"], sink["redis_py_pipelined_rows_per_s"]
+        )
+        s["b3_ours_vs_pipelined_encoding"] = _ratio(
+            sink["ours_rows_per_s"], sink["redis_py_pipelined_encoding_rows_per_s"]
+        )
+        s["b3_ours_vs_per_row"] = _ratio(
+            sink["ours_rows_per_s"], sink["redis_py_per_row_rows_per_s"]
+        )
+    s["sizes"] = {
+        n: results["data"][n]["events"] for n in ("small", "large") if n in results["data"]
+    }
+    s["goals"] = _goals(s, large, streaming)
+    return s
+
+
+def _goal(
+    name: str, target: str, measured: str, met: Optional[bool], note: str = ""
+) -> dict[str, Any]:
+    return {"goal": name, "target": target, "measured": measured, "met": met, "note": note}
+
+
+def _fmt(value: Optional[float], spec: str = ",.0f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _n(count: Optional[int]) -> str:
+    if not count:
+        return "?"
+    return (
+        f"{count // 1_000_000}M"
+        if count % 1_000_000 == 0
+        else f"{count // 1000}k"
+        if count % 1000 == 0
+        else str(count)
+    )
+
+
+def _goals(
+    s: dict[str, Any], large: Optional[dict[str, Any]], streaming: Optional[dict[str, Any]]
+) -> list:
+    goals = []
+    small_n, large_n = _n(s["sizes"].get("small")), _n(s["sizes"].get("large"))
+    r = s["b1_large_vs_handwritten"]
+    goals.append(
+        _goal(
+            "B1 vs hand-written Beam (a)",
+            ">= 25x",
+            _fmt(r, ".1f", "x"),
+            r is not None and r >= 25,
+            f"same size ({small_n}): {_fmt(s['b1_small_vs_handwritten'], '.1f', 'x')}; "
+            f"per CPU-second: {_fmt(s['b1_large_vs_handwritten_cpu'], '.1f', 'x')}",
+        )
+    )
+    rate, cpu_rate = _rate(large), _rate(large, "cpu_events_per_s")
+    goals.append(
+        _goal(
+            f"B1 events/s at {large_n} events, one worker",
+            ">= 100,000 events/s",
+            _fmt(rate, ",.0f", " events/s"),
+            rate is not None and rate >= 100_000,
+            f"per CPU-second: {_fmt(cpu_rate, ',.0f')} events/s",
+        )
+    )
+    r = s["limit_vs_b1_large"]
+    goals.append(
+        _goal(
+            "B1 within 10x of pyarrow alone (b)",
+            "limit / B1 <= 10x",
+            _fmt(r, ".1f", "x"),
+            r is not None and r <= 10,
+            f"per CPU-second: {_fmt(s['limit_vs_b1_large_cpu'], '.1f', 'x')}",
+        )
+    )
+    rate = _rate(streaming)
+    goals.append(
+        _goal(
+            "B2 streaming replay",
+            ">= 20,000 events/s",
+            _fmt(rate, ",.0f", " events/s"),
+            rate is not None and rate >= 20_000,
+            f"per CPU-second: {_fmt(_rate(streaming, 'cpu_events_per_s'), ',.0f')} events/s",
+        )
+    )
+    r = s.get("b3_ours_vs_pipelined")
+    r2 = s.get("b3_ours_vs_pipelined_encoding")
+    goals.append(
+        _goal(
+            "B3 Redis sink vs redis-py pipelined HSET",
+            ">= 50 %",
+            _fmt(r and 100 * r, ".0f", " %"),
+            r is not None and r >= 0.5,
+            f"vs pipelined HSET that also encodes the values: {_fmt(r2 and 100 * r2, '.0f', ' %')}",
+        )
+    )
+    c, cc = s["cost_change_small_to_large"], s["cpu_cost_change_small_to_large"]
+    m = s.get("marginal_cost_change_small_to_large")
+    goals.append(
+        _goal(
+            f"Cost per event, {small_n} -> {large_n} events",
+            "flat within +-20 %",
+            _fmt(c and 100 * c, "+.0f", " %"),
+            c is not None and abs(c) <= 0.2,
+            f"CPU per event: {_fmt(cc and 100 * cc, '+.0f', ' %')}; without the fixed start-up "
+            f"cost ({_fmt(s.get('fixed_cost_s'), '.1f', ' s')}): "
+            f"{_fmt(m and 100 * m, '+.0f', ' %')}",
+        )
+    )
+    g, k, e = (
+        s["saturated_rss_growth_ratio"],
+        s["saturated_keys_ratio"],
+        s["saturated_events_ratio"],
+    )
+    g10, k10, e10 = s["dense_rss_growth_ratio"], s["dense_keys_ratio"], s["dense_events_ratio"]
+    goals.append(
+        _goal(
+            "Memory bounded by distinct (entity, tile/window) keys",
+            "x2 events over the same keys: RSS growth <= 1.25 x key growth",
+            f"RSS growth x{_fmt(g, '.2f')} for keys x{_fmt(k, '.2f')}, events x{_fmt(e, '.0f')}",
+            g is not None and k is not None and g <= 1.25 * max(k, 1.0),
+            f"x{_fmt(e10, '.0f')} events per key (small -> large in the same span): RSS growth "
+            f"x{_fmt(g10, '.2f')} for keys x{_fmt(k10, '.2f')}",
+        )
+    )
+    return goals
+
+
+# -- table -----------------------------------------------------------------------------------
+
+TABLE_ORDER = (
+    "b1_event_path_small",
+    "b2_streaming",
+    "b1_tiled_tiny",
+    "b1_tiled_small",
+    "b1_tiled_large",
+    "b1_tiled_large_2workers",
+    "b1_tiled_large_dense",
+    "b1_tiled_large_dense_x2",
+    "limit_pyarrow_large",
+)
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    env = results["environment"]
+    changes = len(env["git_modified_files"])
+    code = env["git_commit"] + (
+        f" plus uncommitted changes in {changes} file(s)" if changes else ""
+    )
+    return [
+        (
+            f"Measured {env['date']} with `{env['command']}` (suite wall time "
+            f"{results.get('suite_wall_s', 'n/a')} s; Beam pipelines on FnApiRunner unless noted)."
+        ),
+        "",
+        (
+            f"Machine: {env['nproc']} cores (`nproc`), {env['cpu_model']}, "
+            f"{env['memory_gib']} GiB; Python {env['python']}, Beam {env['beam']}, "
+            f"pyarrow {env['pyarrow']}, redis-py {env['redis_py']}, "
+            f"redis-server {env['redis_server']}; code at {code}."
+        ),
+    ]
+
+
+def _event_rows(results: dict[str, Any]) -> list[str]:
+    s, cases = results["summary"], results["cases"]
+    hw = _ok(results, s["handwritten_case"]) if s["handwritten_case"] else None
+    lines = [
+        _row(
+            "Measurement",
+            "Events",
+            "Events/s (wall)",
+            "Events per CPU-second",
+            "Run time",
+            "Peak RSS",
+            "vs (a)",
+            "Load avg",
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label in [lbl for lbl in (s["handwritten_case"], *TABLE_ORDER) if lbl]:
+        case = cases.get(label)
+        if not case:
+            continue
+        name = EVENT_CASES[label]
+        if not case.get("ok"):
+            lines.append(
+                _row(name, "", f"failed: {case.get('error', '')[:120]}", "", "", "", "", "")
+            )
+            continue
+        workers = label.endswith("2workers")
+        rss = case["peak_tree_rss_mb"] if workers else case["peak_rss_mb"]
+        lines.append(
+            _row(
+                name,
+                f"{case['events']:,}",
+                f"{case['events_per_s']:,.0f}",
+                _fmt(case.get("cpu_events_per_s")),
+                f"{case['elapsed_s']:.1f} s",
+                f"{rss:,.0f} MB" + (" (all processes)" if workers else ""),
+                _fmt(_ratio(case["events_per_s"], _rate(hw)), ",.1f", "x"),
+                f"{case['load_avg_before']:.1f}",
+            )
+        )
+    return lines
+
+
+def _sink_rows(results: dict[str, Any]) -> list[str]:
+    sink = _ok(results, "b3_redis")
+    if not sink:
+        failed = results["cases"].get("b3_redis")
+        return [f"B3, Redis sink: failed: {failed.get('error')}"] if failed else []
+    pipelined = sink["redis_py_pipelined_rows_per_s"]
+    batch = sink["batch"]
+    writers = [
+        ("redis-py, one HSET round trip per row", sink["redis_py_per_row_rows_per_s"]),
+        (
+            f"**ours**: RedisOnlineStore.write, batches of {batch} (Lua compare-and-set + TTL)",
+            sink["ours_rows_per_s"],
+        ),
+        (
+            f"redis-py, pipelined HSET per {batch} rows, Feast values encoded in the loop",
+            sink["redis_py_pipelined_encoding_rows_per_s"],
+        ),
+        (
+            f"redis-py, pipelined HSET per {batch} rows, values pre-encoded (the goal's yardstick)",
+            pipelined,
+        ),
+        (
+            "`redis-benchmark -t hset -P 64` (one 3-byte field per command; commands/s)",
+            sink["redis_benchmark_hset_rps"],
+        ),
+    ]
+    return [
+        (
+            f"B3, Redis sink: {sink['rows']:,} feature rows of {sink['fields_per_row']} hash "
+            f"fields each into an empty database of a local redis-server (TCP), median of "
+            f"{sink['repeats']} interleaved passes (per-row: {sink['per_row_rows']:,} rows)."
+        ),
+        "",
+        _row("Writer", "Rows/s", "% of redis-py pipelined"),
+        "|---|---:|---:|",
+        *(_row(name, f"{rate:,.0f}", f"{100 * rate / pipelined:.0f} %") for name, rate in writers),
+    ]
+
+
+def _goal_rows(results: dict[str, Any]) -> list[str]:
+    lines = [_row("Goal", "Target", "Measured", "Met", "Note"), "|---|---|---|---|---|"]
+    for goal in results["summary"]["goals"]:
+        met = {True: "**yes**", False: "**no**", None: "n/a"}[goal["met"]]
+        lines.append(_row(goal["goal"], goal["target"], goal["measured"], met, goal["note"]))
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    """The README's results section: machine, throughput table, Redis table, goals, details."""
+    parts = [
+        _header(results),
+        _event_rows(results),
+        _sink_rows(results),
+        _goal_rows(results),
+        _details(results),
+    ]
+    return "\n\n".join("\n".join(part) for part in parts if part)
+
+
+def _details(results: dict[str, Any]) -> list[str]:
+    s, data, plan = results["summary"], results["data"], results["plan"]
+    out = []
+    if s["handwritten_case"] == "baseline_handwritten_probe":
+        out.append(
+            f"- The hand-written baseline ran at {data['handwritten_probe']['events']:,} events "
+            f"only (the {plan['handwritten']:,}-event run was projected over "
+            f"{plan['handwritten_budget_s']:.0f} s); its rate is per event, extrapolated."
+        )
+    costs, cpu = s["cost_us_per_event"], s["cpu_us_per_event"]
+    if costs["small"] and costs["large"]:
+        out.append(
+            f"- Cost per event (fast path): {costs['small']:.1f} µs at "
+            f"{data['small']['events']:,} events, {costs['large']:.1f} µs at "
+            f"{data['large']['events']:,} (wall); CPU {cpu['small']:.1f} -> {cpu['large']:.1f} µs."
+        )
+    if s.get("marginal_us_per_event"):
+        marginal = s["marginal_us_per_event"]
+        out.append(
+            f"- Fixed cost of a backfill run (pipeline construction, FnApiRunner start-up; "
+            f"{data['tiny']['events']:,} events): {s['fixed_cost_s']:.2f} s. Without it: "
+            f"{marginal['small']:.1f} µs per event at {data['small']['events']:,}, "
+            f"{marginal['large']:.1f} µs at {data['large']['events']:,}."
+        )
+    if s["two_workers_speedup"]:
+        out.append(
+            "- 2 workers (`--direct_num_workers 2 --direct_running_mode multi_processing`, "
+            f"accepted by FnApiRunner) vs 1: x{s['two_workers_speedup']:.2f} on "
+            f"{results['environment']['nproc']} cores shared with other jobs."
+        )
+    keys, growth, per_key = s["distinct_keys"], s["rss_growth_mb"], s["rss_kb_per_key"]
+    if all(growth.values()):
+        sets = "; ".join(
+            f"{data[n]['events']:,} events over {data[n]['span_s'] / 60:,.0f} min: "
+            f"{growth[n]:,.0f} MB for {keys[n]:,} keys ({per_key[n]:.2f} KB/key)"
+            for n in MEMORY_SETS
+        )
+        out.append(
+            "- Peak RSS growth during the run (peak minus RSS after imports) vs distinct keys "
+            f"((user, minute) and (item, hour) tiles + (entity, window) rows): {sets}."
+        )
+    check = results.get("crosscheck")
+    if check:
+        view = check["user_5m"]
+        verdict = "windows and exact features agree" if check["agree"] else "DISAGREE"
+        out.append(
+            f"- Cross-check of the {data['large']['events']:,}-event outputs, ours (B1) vs "
+            f"pyarrow (b): {verdict} ({view['windows_compared']:,} + "
+            f"{check['item_1h']['windows_compared']:,} windows); approximate features: distinct "
+            f"counts within 5 % of exact in {100 * view['items_within_5pct']:.1f} % of windows, "
+            f"p90 within 5 % of a t-digest in {100 * view['p90_amount_within_5pct']:.1f} %."
+        )
+    large = data.get("large")
+    if large:
+        out.append(
+            f"- Event set: seeded (seed {large['seed']}), {large['users']:,} users and "
+            f"{large['items']:,} items Zipf-skewed, {large['events_per_second']:g} events/s of "
+            f"event time, {100 * large['out_of_order_share']:.1f} % of events out of order."
+        )
+    return out
+
+
+def update_readme(results: dict[str, Any], readme: Path) -> None:
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    block = f"{BEGIN}\n{table(results)}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+    readme.write_text(text, encoding="utf-8")
+
+
+# -- chart -----------------------------------------------------------------------------------
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["summary"]
+    hw = _ok(results, s["handwritten_case"]) if s["handwritten_case"] else None
+    short = {
+        s["handwritten_case"]: "(a) hand-written\nBeam",
+        "b1_event_path_small": "B1 event path\n(preagg false)",
+        "b2_streaming": "B2 streaming\nreplay",
+        "b1_tiled_small": "B1 ours\nsmall",
+        "b1_tiled_large": "B1 ours\nlarge",
+        "b1_tiled_large_2workers": "B1 ours large\n2 workers",
+        "limit_pyarrow_large": "(b) pyarrow\nalone",
+    }
+    bars = [
+        (name, case) for label, name in short.items() if label and (case := _ok(results, label))
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [7, 5]})
+    colors = ["#999999" if "(a)" in n or "(b)" in n else "#1f77b4" for n, _ in bars]
+    values = [c["events_per_s"] for _, c in bars]
+    left.bar([n for n, _ in bars], values, color=colors)
+    left.set_yscale("log")
+    left.set_ylabel("events/s (wall clock, log scale)")
+    left.set_title("Feature computation throughput")
+    for i, (name, case) in enumerate(bars):
+        ratio = _ratio(case["events_per_s"], _rate(hw))
+        label = f"{case['events_per_s']:,.0f}/s\n{case['events']:,} ev"
+        if ratio and "(a)" not in name:
+            label += f"\n{ratio:,.1f}x (a)"
+        left.annotate(label, (i, case["events_per_s"]), ha="center", va="bottom", fontsize=8)
+    if values:
+        left.set_ylim(min(values) / 3, max(values) * 8)
+    left.tick_params(axis="x", labelsize=8)
+    sink = _ok(results, "b3_redis")
+    if sink:
+        pipelined = sink["redis_py_pipelined_rows_per_s"]
+        writers = [
+            ("per-row\nHSET", sink["redis_py_per_row_rows_per_s"]),
+            ("ours\n(Lua CAS)", sink["ours_rows_per_s"]),
+            ("redis-py pipelined\n+ encoding", sink["redis_py_pipelined_encoding_rows_per_s"]),
+            ("redis-py\npipelined", pipelined),
+            ("redis-benchmark\n-P 64 (cmd/s)", sink["redis_benchmark_hset_rps"]),
+        ]
+        right.bar(
+            [n for n, _ in writers],
+            [v for _, v in writers],
+            color=["#999999", "#1f77b4", "#999999", "#999999", "#cccccc"],
+        )
+        right.set_yscale("log")
+        right.set_ylabel("rows/s (log scale)")
+        right.set_title("B3: Redis sink")
+        for i, (_, value) in enumerate(writers):
+            right.annotate(
+                f"{value:,.0f}/s\n{100 * value / pipelined:.0f} % of pipelined",
+                (i, value),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        right.set_ylim(min(v for _, v in writers) / 3, max(v for _, v in writers) * 8)
+        right.tick_params(axis="x", labelsize=8)
+    env = results["environment"]
+    fig.suptitle(
+        f"{env['nproc']} cores {env['cpu_model']}, Python {env['python']}, Beam {env['beam']}, "
+        f"pyarrow {env['pyarrow']} - {env['date']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,299 @@
+"""Benchmark suite for issue 6: `python -m benchmarks.run [--quick]` (`make bench`).
+
+In one run on one machine: a seeded event set, the suite's feature spec, then each measurement
+in a fresh subprocess (so peak memory is per run):
+  B1  backfill events/s (FnApiRunner, --preaggregate true) at the small and large size, the event
+      path (--preaggregate false) at the small size, 2 workers (multi_processing) at the large
+      size, and the large size packed into the small size's time span (memory vs distinct keys)
+  B2  streaming replay events/s (TestStream on the BundleBasedDirectRunner)
+  B3  feature rows/s into Redis: ours vs redis-py pipelined vs per-row vs redis-benchmark
+  (a) the hand-written Beam pipeline and (b) pyarrow alone, as baselines
+Writes results/results.json, results/chart.png and the results table in benchmarks/README.md
+(--quick: a small smoke run into results/quick/, README untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from benchmarks import environment, report
+from benchmarks.crosscheck import compare
+from benchmarks.measure import load_average, run_case
+from benchmarks.redis_sink import RedisServer
+from benchmarks.workload import FIXED_VIEW, SLIDING_VIEW, EventSet, write_events, write_spec
+
+_LOG = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Plan:
+    tiny: int = 1_000  # the fixed cost of a run: pipeline construction and runner start-up
+    small: int = 100_000
+    large: int = 1_000_000
+    stream: int = 10_000  # the streaming DirectRunner does a few hundred events/s: keep it < ~2 min
+    handwritten_probe: int = 20_000
+    handwritten: int = 100_000  # run only if the probe projects it under handwritten_budget_s
+    handwritten_budget_s: float = 180.0
+    redis_rows: int = 50_000
+    redis_per_row_rows: int = 10_000
+    redis_benchmark_requests: int = 200_000
+    timeout_s: float = 600.0
+
+
+FULL = Plan()
+QUICK = Plan(
+    tiny=500,
+    small=5_000,
+    large=20_000,
+    stream=500,
+    handwritten_probe=2_000,
+    handwritten=5_000,
+    handwritten_budget_s=30.0,
+    redis_rows=5_000,
+    redis_per_row_rows=1_000,
+    redis_benchmark_requests=20_000,
+    timeout_s=180.0,
+)
+
+
+class Suite:
+    def __init__(self, plan: Plan, workdir: Path, results_dir: Path):
+        self.plan = plan
+        self.workdir = workdir
+        self.results_dir = results_dir
+        self.spec = str(write_spec(workdir / "spec.yaml"))
+        shutil.copy(self.spec, results_dir / "spec.yaml")
+        self.cases: dict[str, dict[str, Any]] = {}
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def events(self, name: str, event_set: EventSet) -> dict[str, Any]:
+        started = time.perf_counter()
+        meta = write_events(self.workdir, event_set)
+        _LOG.info(
+            "event set %s: %s events, %.0f s of event time, %.1f%% out of order (%.1f s to write)",
+            name,
+            f"{meta['events']:,}",
+            meta["span_s"],
+            100 * meta["out_of_order_share"],
+            time.perf_counter() - started,
+        )
+        self.data[name] = meta
+        return meta
+
+    def measure(self, label: str, case: str, **params: Any) -> dict[str, Any]:
+        load_before = load_average()
+        outcome = run_case(case, {"label": label, **params}, self.workdir, self.plan.timeout_s)
+        result = {
+            "case": case,
+            "load_avg_before": load_before,
+            "load_avg_after": load_average(),
+            **outcome.as_dict(),
+        }
+        self.cases[label] = result
+        if outcome.ok:
+            rate = result.get("events_per_s")
+            _LOG.info(
+                "%-22s %s",
+                label,
+                f"{rate:,.0f} events/s in {result['elapsed_s']:.1f} s, "
+                f"peak RSS {result['peak_tree_rss_mb']:.0f} MB"
+                if rate
+                else "done",
+            )
+        else:
+            _LOG.error("%s failed: %s", label, outcome.error)
+        return result
+
+    def backfill(
+        self,
+        label: str,
+        meta: dict[str, Any],
+        preaggregate: str = "true",
+        extra_args: Optional[list[str]] = None,
+    ) -> dict[str, Any]:
+        return self.measure(
+            label,
+            "backfill",
+            events_path=meta["path"],
+            events=meta["events"],
+            spec=self.spec,
+            out_dir=str(self.workdir / label),
+            preaggregate=preaggregate,
+            extra_args=extra_args or [],
+        )
+
+    def run(self) -> dict[str, Any]:
+        plan = self.plan
+        tiny = self.events("tiny", EventSet(plan.tiny))
+        small = self.events("small", EventSet(plan.small))
+        large = self.events("large", EventSet(plan.large))
+        # Memory vs keys: the large count in the small set's time span (10x the events per key),
+        # and twice that in the same span again (keys saturate: every user is active each minute).
+        rate = EventSet(plan.small).events_per_second * plan.large / plan.small
+        dense = self.events("large_dense", EventSet(plan.large, events_per_second=rate))
+        dense2 = self.events("large_dense_x2", EventSet(2 * plan.large, events_per_second=2 * rate))
+        stream = self.events("stream", EventSet(plan.stream))
+        probe = self.events("handwritten_probe", EventSet(plan.handwritten_probe))
+
+        # Pairs whose ratio matters run back to back, so they see the same machine load.
+        self.measure(
+            "limit_pyarrow_large",
+            "arrow_limit",
+            events_path=large["path"],
+            events=large["events"],
+            out_dir=str(self.workdir / "limit_pyarrow_large"),
+        )
+        self.backfill("b1_tiled_large", large)
+        self.backfill("b1_tiled_small", small)
+        self.backfill("b1_tiled_tiny", tiny)
+        self.backfill(
+            "b1_tiled_large_2workers",
+            large,
+            extra_args=["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
+        )
+        self.backfill("b1_tiled_large_dense", dense)
+        self.backfill("b1_tiled_large_dense_x2", dense2)
+        self.backfill("b1_event_path_small", small, preaggregate="false")
+        self.measure(
+            "b2_streaming",
+            "streaming",
+            events_path=stream["path"],
+            events=stream["events"],
+            spec=self.spec,
+            out_dir=str(self.workdir / "b2_streaming"),
+            views=[SLIDING_VIEW, FIXED_VIEW],
+        )
+        with RedisServer(self.workdir) as server:
+            first = self.measure(
+                "baseline_handwritten_probe",
+                "handwritten",
+                events_path=probe["path"],
+                events=probe["events"],
+                redis_url=server.url,
+            )
+            projected = (
+                (plan.handwritten / first["events_per_s"]) if first.get("ok") else float("inf")
+            )
+            if projected <= plan.handwritten_budget_s:
+                self.measure(
+                    "baseline_handwritten",
+                    "handwritten",
+                    events_path=small["path"],
+                    events=small["events"],
+                    redis_url=server.url,
+                )
+            else:
+                _LOG.info(
+                    "hand-written baseline: %s events would take ~%.0f s (> %.0f s): "
+                    "using the %s-event run, per event",
+                    f"{plan.handwritten:,}",
+                    projected,
+                    plan.handwritten_budget_s,
+                    f"{plan.handwritten_probe:,}",
+                )
+            self.measure(
+                "b3_redis",
+                "redis_sink",
+                redis_url=server.url,
+                redis_port=server.port,
+                spec=self.spec,
+                rows=plan.redis_rows,
+                per_row_rows=plan.redis_per_row_rows,
+                benchmark_requests=plan.redis_benchmark_requests,
+            )
+        crosscheck = None
+        if self.cases["b1_tiled_large"].get("ok") and self.cases["limit_pyarrow_large"].get("ok"):
+            crosscheck = compare(
+                self.workdir / "b1_tiled_large" / "offline", self.workdir / "limit_pyarrow_large"
+            )
+        return {
+            "plan": asdict(plan),
+            "data": self.data,
+            "cases": self.cases,
+            "crosscheck": crosscheck,
+        }
+
+
+def run_suite(
+    quick: bool,
+    results_dir: Optional[Path] = None,
+    workdir: Optional[Path] = None,
+    keep_data: bool = False,
+    update_readme: Optional[bool] = None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    results_dir = results_dir or (HERE / "results" / ("quick" if quick else ""))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    own_workdir = workdir is None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.run" + (" --quick" if quick else "")
+    info = environment.describe(command)
+    _LOG.info(
+        "benchmarks (%s) in %s; machine: %s cores, %s; load average %.2f",
+        "quick" if quick else "full",
+        workdir,
+        info["nproc"],
+        info["cpu_model"],
+        load_average(),
+    )
+    try:
+        measured = Suite(QUICK if quick else FULL, workdir, results_dir).run()
+    finally:
+        if own_workdir and not keep_data:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results = {"quick": quick, "environment": info, **measured}
+    results["summary"] = report.summarise(results)
+    results["suite_wall_s"] = round(time.perf_counter() - started, 1)
+    results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    (results_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    report.chart(results, results_dir / "chart.png")
+    if update_readme if update_readme is not None else not quick:
+        report.update_readme(results, HERE / "README.md")
+    _LOG.info("suite took %.0f s; results in %s", results["suite_wall_s"], results_dir)
+    print(report.table(results))
+    return results
+
+
+def run_quick() -> dict[str, Any]:
+    """The --quick suite as a function (for a smoke test): raises RuntimeError if a case failed."""
+    results = run_suite(quick=True)
+    failed = {
+        label: case.get("error") for label, case in results["cases"].items() if not case.get("ok")
+    }
+    if failed:
+        raise RuntimeError(f"benchmark cases failed: {failed}")
+    if results["crosscheck"] is not None and not results["crosscheck"]["agree"]:
+        raise RuntimeError(f"backfill and pyarrow outputs disagree: {results['crosscheck']}")
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run into results/quick/")
+    parser.add_argument(
+        "--workdir", type=Path, help="where event sets and outputs go (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--keep-data", action="store_true", help="keep the temporary work directory"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    results = run_suite(args.quick, workdir=args.workdir, keep_data=args.keep_data)
+    if any(not case.get("ok") for case in results["cases"].values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
