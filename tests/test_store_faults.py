@@ -212,16 +212,16 @@ def test_a_lost_reply_is_retried_and_counted_once(redis_url, project, monkeypatc
     """Redis applied the batch but the reply never arrived (the likeliest moment for a kill to
     land): the retry finds every row already stored and still reports them written, not stale."""
     store = open_online_store(redis_url, two_view_spec(project))
-    real_execute = redis.client.Pipeline.execute
+    real_evalsha = redis.Redis.evalsha  # one script call per batch
     replies: list = []
 
-    def execute_then_lose_the_reply(self, *args, **kwargs):
-        replies.append(real_execute(self, *args, **kwargs))
+    def evalsha_then_lose_the_reply(self, *args, **kwargs):
+        replies.append(real_evalsha(self, *args, **kwargs))
         if len(replies) == 1:
             raise redis.ConnectionError("Connection closed by server.")
         return replies[-1]
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", execute_then_lose_the_reply)
+    monkeypatch.setattr(redis.Redis, "evalsha", evalsha_then_lose_the_reply)
     rows = make_batches(n_batches=1)[0]
     with RetryLog() as retries:
         assert store.write(rows) == (len(rows), 0)

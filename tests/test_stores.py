@@ -10,6 +10,8 @@ import urllib.parse
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import make_spec, view
 from transforms.features import FeatureRow
@@ -187,3 +189,18 @@ def test_feast_reads_our_redis_store(tmp_path, project, redis_url):
     got = _feast_read(tmp_path, project, {"type": "redis", "connection_string": connection}, ["u1", "u2", "zz"])
     assert got == {"user_id": ["u1", "u2", "zz"], "clicks": [5, 3, None], "spend": [12.5, 0.0, None],
                    "avg_amount": [2.5, None, None], "last_item": ["i9", None, None]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.tuples(st.just("int64"), st.integers(-(2**63), 2**63 - 1)),
+    st.tuples(st.just("double"), st.floats(allow_nan=False)),
+    st.tuples(st.just("string"), st.text()),
+    st.tuples(st.just("float_list"), st.lists(st.floats(width=32, allow_nan=False), max_size=5)),
+), st.integers(0, 253402300799999))
+def test_fast_encoders_write_the_protobuf_librarys_bytes(typed_value, millis):
+    from transforms.stores.feast_codec import encode_timestamp_protobuf, encode_value_protobuf
+
+    kind, value = typed_value
+    assert encode_value(value, kind) == encode_value_protobuf(value, kind)
+    assert encode_timestamp(millis) == encode_timestamp_protobuf(millis)

@@ -55,24 +55,37 @@ T = TypeVar("T")
 # field/value pairs. Returns 1 when written, 0 when the stored window/pane is newer, 2 when it is
 # the same (a replay - or our own earlier attempt at this batch, if the reply was lost).
 _UPSERT = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local e, p = string.match(cur, '^(%d+):(%d+)')
-  e = tonumber(e); p = tonumber(p)
-  local ne = tonumber(ARGV[2]); local np = tonumber(ARGV[3])
-  if ne < e or (ne == e and np < p) then return 0 end
-  if ne == e and np == p then return 2 end
+-- One call per batch. KEYS: one entity key per row. ARGV, per row: a header
+-- "n:window_end_ms:pane_index:window_start_ms:ttl_ms:view", the _ts value, then n feature
+-- field/value pairs. Returns per row 1 written, 0 stored window/pane newer, 2 the same pane.
+local results = {}
+local a = 1
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local n, es, ps, ss, ttl, view = string.match(ARGV[a], '^(%d+):(%d+):(%d+):(%d+):(%d+):(.*)$')
+  n = tonumber(n); ttl = tonumber(ttl)
+  local ne, np = tonumber(es), tonumber(ps)
+  local winf = '_win:' .. view
+  local ts, first, last = ARGV[a + 1], a + 2, a + 1 + 2 * n
+  a = last + 1
+  local status = 1
+  local cur = redis.call('HGET', key, winf)
+  if cur then
+    local e, p = string.match(cur, '^(%d+):(%d+)')
+    e = tonumber(e); p = tonumber(p)
+    if ne < e or (ne == e and np < p) then status = 0 elseif ne == e and np == p then status = 2 end
+  end
+  if status == 1 then
+    -- The key is shared by every view of the entity: never shorten another view's expiry, and
+    -- leave a key that a view without ttl made persistent as it is (PTTL: -2 new, -1 no expiry).
+    local pttl = 0
+    if ttl > 0 then pttl = redis.call('PTTL', key) end
+    redis.call('HSET', key, winf, es .. ':' .. ps .. ':' .. ss, '_ts:' .. view, ts, unpack(ARGV, first, last))
+    if ttl > 0 and (pttl == -2 or (pttl >= 0 and pttl < ttl)) then redis.call('PEXPIRE', key, ttl) end
+  end
+  results[i] = status
 end
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], unpack(ARGV, 6))
-local ttl = tonumber(ARGV[5])
-if ttl > 0 then
-  -- The key is shared by every view of the entity: never shorten another view's expiry,
-  -- and leave a key that a view without ttl made persistent as it is.
-  local pttl = redis.call('PTTL', KEYS[1])
-  if existed == 0 or (pttl >= 0 and pttl < ttl) then redis.call('PEXPIRE', KEYS[1], ttl) end
-end
-return 1
+return results
 """
 
 RETRIABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -149,6 +162,7 @@ class RedisOnlineStore(OnlineStore):
         except ValueError as err:
             raise StoreError(f"--online_store: invalid Redis URL {self.url!r}: {err}") from None
         self._upsert = self._client.register_script(_UPSERT)
+        self._field_cache: dict[str, tuple[bytes, ...]] = {}
         self._project = spec.project.encode("utf-8")
 
     def __repr__(self) -> str:
@@ -178,24 +192,26 @@ class RedisOnlineStore(OnlineStore):
 
         return self._retrying(_write)
 
+    def _fields(self, view: str) -> tuple[bytes, ...]:
+        """The view's hash fields (murmur3 of view:feature), computed once per store."""
+        fields = self._field_cache.get(view)
+        if fields is None:
+            fields = tuple(feature_field(view, name) for name in self.layout(view).feature_names)
+            self._field_cache[view] = fields
+        return fields
+
     def _write_once(self, rows: Sequence[FeatureRow], retried: bool = False) -> WriteResult:
-        pipe = self._client.pipeline(transaction=False)
+        keys: list[bytes] = []
+        args: list[Any] = []
         for row in rows:
             layout = self.layout(row.view)
-            args: list[Any] = [
-                f"_win:{row.view}",
-                row.window_end_ms,
-                row.pane_index,
-                f"{row.window_end_ms}:{row.pane_index}:{row.window_start_ms}",
-                (layout.ttl_seconds or 0) * 1000,
-                f"_ts:{row.view}",
-                encode_timestamp(row.window_end_ms),
-            ]
-            for name, kind, value in zip(layout.feature_names, layout.value_types, row.features):
-                args.append(feature_field(row.view, name))
-                args.append(encode_value(value, kind))
-            self._upsert(keys=[self._key(layout, row.entity)], args=args, client=pipe)
-        results = pipe.execute()
+            keys.append(self._key(layout, row.entity))
+            header = (f"{len(layout.feature_names)}:{row.window_end_ms}:{row.pane_index}:"
+                      f"{row.window_start_ms}:{(layout.ttl_seconds or 0) * 1000}:{row.view}")
+            args += (header.encode(), encode_timestamp(row.window_end_ms))
+            for field, kind, value in zip(self._fields(row.view), layout.value_types, row.features):
+                args += (field, encode_value(value, kind))
+        results = self._upsert(keys=keys, args=args)  # one atomic script call per batch
         # After a lost reply, rows our earlier attempt applied come back as "same pane": count
         # them as written, so rows_written does not depend on where a connection dropped.
         done = (1, 2) if retried else (1,)
