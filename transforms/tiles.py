@@ -230,8 +230,8 @@ class _AssembleWindows(beam.DoFn):
         ends = sorted({start + tile * k for start in tiles for k in range(1, per_window + 1)})
         for end in ends:
             members = [tiles[s] for s in range(end - size, end, tile) if s in tiles]
-            if per_window == 1:
-                acc = members[0]
+            if len(members) == 1:
+                acc = members[0]  # extracting reads the state; nothing to merge
             else:
                 # merge into a fresh accumulator: tiles are shared by size/period windows
                 acc = fn.merge_accumulators([fn.create_accumulator()] + members)
