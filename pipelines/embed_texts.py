@@ -1,0 +1,222 @@
+"""Text embeddings: every `embeddings:` entry of the spec -> online store and offline Parquet.
+
+    python -m pipelines.embed_texts --feature_spec shop.yaml --online_store sqlite:///online.db \
+        --offline_store offline/ --events 'data/*.jsonl' [--model_path DIR|gs://...] \
+        [--device auto|cpu|cuda] [--dead_letter DIR] [beam options]
+
+    python -m pipelines.embed_texts ... --input_subscription projects/P/subscriptions/S
+
+Files (JSONL or Parquet) run as a bounded job; Pub/Sub as a streaming job. The online store keeps
+the embedding of each entity's latest text by event time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.common import (
+    EventFileOptions,
+    FeatureStoreOptions,
+    PubSubInputOptions,
+    UsageError,
+    check_online_store,
+    is_local,
+    redacted,
+    report,
+    require,
+    run_main,
+)
+from transforms.embed import (
+    DEVICES,
+    EmbeddingDependencyError,
+    EmbedTexts,
+    ParseTextEvents,
+    TextEmbeddingHandler,
+)
+from transforms.feature_pipeline import ReadEventFiles, matching_files
+from transforms.sinks import WriteDeadLetters, WriteOnline
+from transforms.sources import ReadPubSubEvents
+from transforms.spec import FeatureSpecFile, load_spec
+from transforms.stores.offline_embeddings import WriteEmbeddingsOffline
+
+_LOG = logging.getLogger(__name__)
+
+
+class EmbedOptions(PipelineOptions):
+    """Model and batching knobs of the embedding pipeline."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--model_path",
+            help="Local directory or gs:// path of a sentence-transformer in Hugging Face layout, "
+            "for embeddings whose spec entry names none (default: the packaged all-MiniLM-L6-v2).",
+        )
+        parser.add_argument(
+            "--device", default="auto", help="auto (CUDA when available, else CPU) | cuda | cpu"
+        )
+        parser.add_argument(
+            "--min_batch_size", type=int, default=8, help="Smallest RunInference batch."
+        )
+        parser.add_argument(
+            "--max_batch_size", type=int, default=64, help="Largest RunInference batch."
+        )
+        parser.add_argument(
+            "--max_batch_duration_secs",
+            type=float,
+            default=1.0,
+            help="Streaming only: the longest a partial batch waits for more texts.",
+        )
+
+
+OPTIONS = (EventFileOptions, PubSubInputOptions, EmbedOptions, FeatureStoreOptions)
+
+
+def make_handler(
+    model_path: Optional[str], knobs: EmbedOptions, streaming: bool
+) -> TextEmbeddingHandler:
+    """The RunInference handler for one embedding; bad knobs become UsageErrors naming the flag."""
+    if knobs.device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)} (got {knobs.device!r})")
+    try:
+        return TextEmbeddingHandler(
+            model_path,
+            device=knobs.device,
+            min_batch_size=knobs.min_batch_size,
+            max_batch_size=knobs.max_batch_size,
+            # Bounded runs flush partial batches at the end of each bundle; only a stream needs
+            # a clock (it makes BatchElements stateful, keyed per worker).
+            max_batch_duration_secs=knobs.max_batch_duration_secs if streaming else None,
+        )
+    except EmbeddingDependencyError as err:
+        raise UsageError(str(err)) from None
+    except ValueError as err:
+        raise UsageError(f"--model_path/batch options: {err}") from None
+
+
+def build(
+    raw: beam.PCollection,
+    spec: FeatureSpecFile,
+    knobs: EmbedOptions,
+    stores: FeatureStoreOptions,
+    streaming: bool,
+    timestamp_from_element: bool = False,
+) -> None:
+    """Raw events -> one parse + EmbedTexts per embedding -> online, offline and dead letters."""
+    rows, dead = [], []
+    for embedding in spec.embeddings:
+        model_path = embedding.model_path or knobs.model_path
+        if embedding.model_path and knobs.model_path and embedding.model_path != knobs.model_path:
+            _LOG.warning(
+                "embedding %s: the spec's model_path %s overrides --model_path %s",
+                embedding.name,
+                embedding.model_path,
+                knobs.model_path,
+            )
+        handler = make_handler(model_path, knobs, streaming)
+        parsed = raw | f"Parse {embedding.name}" >> ParseTextEvents(
+            spec, embedding, timestamp_from_element
+        )
+        out = parsed.texts | f"Embed {embedding.name}" >> EmbedTexts(spec, embedding, handler)
+        rows.append(out.rows)
+        dead += [parsed.dead_letter, out.dead_letters]
+    merged = rows | "Merge embeddings" >> beam.Flatten()
+    merged | "Online store" >> WriteOnline(stores.online_store, spec)
+    merged | "Offline store" >> WriteEmbeddingsOffline(stores.offline_store, spec)
+    (
+        dead
+        | "Merge dead letters" >> beam.Flatten()
+        | "Dead letters" >> WriteDeadLetters(stores.dead_letter)
+    )
+
+
+def run(
+    argv: Optional[Sequence[str]] = None, wait: bool = True
+) -> beam.runners.runner.PipelineResult:
+    options = PipelineOptions(argv)
+    events = options.view_as(EventFileOptions).events
+    pubsub = options.view_as(PubSubInputOptions)
+    knobs = options.view_as(EmbedOptions)
+    stores = options.view_as(FeatureStoreOptions)
+    require(options, "feature_spec", "online_store", "offline_store")
+    if sum([bool(events), bool(pubsub.input_subscription), bool(pubsub.input_topic)]) != 1:
+        raise UsageError("give exactly one input: --events, --input_subscription or --input_topic")
+    spec = load_spec(stores.feature_spec)
+    if not spec.embeddings:
+        raise UsageError(f"{stores.feature_spec}: no `embeddings:` section; nothing to embed")
+    if stores.dead_letter is None:
+        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
+    standard = options.view_as(StandardOptions)
+    streaming = not events
+    if streaming:
+        standard.streaming = True
+        # Like streaming_features: the DirectRunner's streaming engine, without the Prism detour.
+        if (standard.runner or "DirectRunner") == "DirectRunner":
+            standard.runner = "BundleBasedDirectRunner"
+        if pubsub.id_attribute and is_local(options):
+            raise UsageError(
+                "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by "
+                "attribute (NotImplementedError for id_label); use it on Dataflow"
+            )
+    else:
+        standard.runner = standard.runner or "DirectRunner"
+        if not matching_files(events):
+            raise UsageError(f"--events: no files match {events!r}")
+    if is_local(options):
+        check_online_store(stores.online_store, spec)
+
+    pipeline = beam.Pipeline(options=options)
+    if events:
+        raw = pipeline | "Read events" >> ReadEventFiles(events)
+        source = events
+    else:
+        try:
+            raw = pipeline | "Read events" >> ReadPubSubEvents(
+                pubsub.input_subscription,
+                pubsub.input_topic,
+                pubsub.timestamp_attribute,
+                pubsub.id_attribute,
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        source = pubsub.input_subscription or pubsub.input_topic
+    build(
+        raw,
+        spec,
+        knobs,
+        stores,
+        streaming,
+        timestamp_from_element=streaming and bool(pubsub.timestamp_attribute),
+    )
+    _LOG.info(
+        "embed_texts: %s from %s -> online %s, offline %s, dead letters %s",
+        ", ".join(e.name for e in spec.embeddings),
+        source,
+        redacted(stores.online_store),
+        stores.offline_store,
+        stores.dead_letter,
+    )
+    result = pipeline.run()
+    if wait:
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            _LOG.info("interrupted: cancelling the pipeline")
+            result.cancel()
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    def _main() -> None:
+        report(run(argv))
+
+    run_main("embed_texts", _main)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
