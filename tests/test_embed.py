@@ -492,16 +492,19 @@ def test_cli_streams_from_pubsub(tmp_path, project, pubsub_emulator, reference):
     spec_path = write_spec(tmp_path, project)
     online = f"sqlite:///{tmp_path}/online.db"
     topic = f"projects/test-project/topics/texts-{project}"
+    subscription = f"projects/test-project/subscriptions/texts-{project}"
     publisher = pubsub_v1.PublisherClient()
     publisher.create_topic(name=topic)
+    # A subscription of our own: with --input_topic the DirectRunner creates one and, at exit,
+    # retries deleting it for a minute once the emulator is gone.
+    pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=topic)
     result = embed_texts.run(
-        ["--feature_spec", str(spec_path), "--input_topic", topic, "--online_store", online,
-         "--offline_store", str(tmp_path / "offline"), "--device", "cpu",
-         "--max_batch_duration_secs", "0.2"],
+        ["--feature_spec", str(spec_path), "--input_subscription", subscription,
+         "--online_store", online, "--offline_store", str(tmp_path / "offline"),
+         "--device", "cpu", "--max_batch_duration_secs", "0.2"],
         wait=False,
     )
     try:
-        time.sleep(2)  # the runner creates its subscription first; earlier messages are not seen
         for i, title in enumerate(["red running shoes", "blue winter jacket"]):
             event = {"ts": MS + i * 60_000, "item_id": "p1", "title": title}
             publisher.publish(topic, json.dumps(event).encode()).result()

@@ -410,6 +410,7 @@ class _ParseTextFn(beam.DoFn):
             record = parse_text_event(raw, self._plan, self._field, element_ms)
         except BadEvent as err:
             self._dead.inc()
+            Metrics.counter(NAMESPACE, f"parse_dead_letter_{err.reason}").inc()
             yield pvalue.TaggedOutput(
                 DEAD_LETTER_TAG, dead_letter(raw, err.reason, str(err), "parse"))
             return
