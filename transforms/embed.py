@@ -193,8 +193,11 @@ class TextEncoder:
             raise ValueError(
                 f"model at {path!r} uses pooling {modes}; only mean pooling is supported"
             )
+        if not os.path.exists(os.path.join(path, "model.safetensors")):
+            # weights in pickle-based formats (pytorch_model.bin) would execute code when loaded
+            raise ValueError(f"model at {path!r} has no model.safetensors; only safetensors weights are loaded")
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
         # fp16 halves memory and doubles throughput on GPU; CPUs are faster (and exact) in fp32.
         model = model.half() if device == "cuda" else model.float()
         self.model = model.to(device).eval()
