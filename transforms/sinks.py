@@ -108,10 +108,11 @@ class WriteOnline(beam.PTransform):
 
 
 class _WriteOfflineFn(beam.DoFn):
-    def __init__(self, root: str, views: dict[str, ViewLayout], max_rows: int):
+    def __init__(self, root: str, views: dict[str, ViewLayout], max_rows: int, to_table=None):
         self._root = root
         self._views = views
         self._max_rows = max_rows
+        self._to_table = to_table
         self._buffer: dict[str, list[FeatureRow]] = defaultdict(list)
         self._count = 0
         self._rows = Metrics.counter("offline_store", "rows_written")
@@ -132,7 +133,7 @@ class _WriteOfflineFn(beam.DoFn):
 
     def _flush(self) -> None:
         for view, rows in self._buffer.items():
-            paths = offline.write_rows(self._root, self._views[view], rows)
+            paths = offline.write_rows(self._root, self._views[view], rows, self._to_table)
             self._files.inc(len(paths))
             self._rows.inc(len(rows))
         self._buffer = defaultdict(list)
@@ -143,9 +144,12 @@ class WriteOffline(beam.PTransform):
     """FeatureRows -> Parquet, one row per emitted pane (every window, every pane)."""
 
     def __init__(self, root: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
-                 max_rows_per_file: int = 200_000):
+                 max_rows_per_file: int = 200_000, to_table=None):
         super().__init__()
-        self._fn = _WriteOfflineFn(root, views if views is not None else layouts(spec), max_rows_per_file)
+        if max_rows_per_file < 1:
+            raise ValueError(f"max_rows_per_file must be >= 1 (got {max_rows_per_file!r})")
+        self._fn = _WriteOfflineFn(root, views if views is not None else layouts(spec), max_rows_per_file,
+                                   to_table)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return rows | "Write Parquet" >> beam.ParDo(self._fn)

@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import uuid
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,8 +63,11 @@ def rows_to_table(rows: Sequence[FeatureRow], layout: ViewLayout, created_us: in
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow]) -> list[str]:
-    """Write rows of one view, one file per date partition (of the window end). Returns paths."""
+def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
+               to_table: Callable[[Sequence[FeatureRow], ViewLayout, int], pa.Table] = None) -> list[str]:
+    """Write rows of one view, one file per date partition (of the window end). Returns paths.
+    `to_table` builds the Arrow table (default: feature rows; embeddings bring their own)."""
+    to_table = to_table or rows_to_table
     created_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
     by_date: dict[str, list[FeatureRow]] = defaultdict(list)
     for row in rows:
@@ -78,7 +81,7 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow]) -> lis
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = FileSystems.join(directory, f".{name}.tmp")
         with FileSystems.create(tmp) as handle:
-            pq.write_table(rows_to_table(day_rows, layout, created_us), handle)
+            pq.write_table(to_table(day_rows, layout, created_us), handle)
         final = FileSystems.join(directory, name)
         FileSystems.rename([tmp], [final])
         paths.append(final)
