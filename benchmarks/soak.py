@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+WITH_IDS = os.environ.get("SOAK_DEDUP", "1") != "0"
 
 
 def rss_mb() -> float:
@@ -36,7 +37,14 @@ def rss_mb() -> float:
 
 
 def _spec(path: Path) -> Path:
+    """The example spec with short lateness and dedup horizon, so the state a streaming job must
+    keep (open windows, remembered ids) reaches its steady size within the soak's minutes."""
     spec = yaml.safe_load((REPO / "pipelines" / "examples" / "shop.yaml").read_text())
+    if not WITH_IDS:
+        spec["source"].pop("id_field", None)
+    spec["source"]["dedup_horizon"] = "30s"
+    for view in spec["feature_views"]:
+        view["allowed_lateness"] = "30s"
     spec_path = path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     return spec_path
