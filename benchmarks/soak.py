@@ -60,7 +60,7 @@ def run(minutes: float, rate: float, out: Path) -> dict:
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
         from pubsub_fake import FakePubSubServer
 
-        server = FakePubSubServer()
+        server = FakePubSubServer(record=False)  # the fake lives in this process: keep it flat
         server.start()
         server.set_emulator_env()
     work = Path(tempfile.mkdtemp(prefix="soak-"))

@@ -102,9 +102,11 @@ class FakePubSubServer:
     CRUD, Publish, Pull, Acknowledge, ModifyAckDeadline and StreamingPull.
     """
 
-    def __init__(self, pull_wait_seconds: float = 0.25, max_workers: int = 64) -> None:
-        """``pull_wait_seconds`` bounds how long an empty non-immediate Pull waits."""
+    def __init__(self, pull_wait_seconds: float = 0.25, max_workers: int = 64, record: bool = True) -> None:
+        """``pull_wait_seconds`` bounds how long an empty non-immediate Pull waits; ``record``
+        keeps every published message for ``published()`` (off for long soak runs)."""
         self.pull_wait_seconds = pull_wait_seconds
+        self._record = record
         self._max_workers = max_workers
         self._cond = threading.Condition(threading.RLock())
         self._topics: dict[str, Any] = {}
@@ -267,7 +269,8 @@ class FakePubSubServer:
                 message.message_id = str(next(self._message_ids))
                 message.publish_time.CopyFrom(now)
                 ids.append(message.message_id)
-                self._published[request.topic].append((bytes(message.data), dict(message.attributes)))
+                if self._record:
+                    self._published[request.topic].append((bytes(message.data), dict(message.attributes)))
                 for sub in subs:
                     sub.pending.append(_Delivery(message))
             self._cond.notify_all()
