@@ -3,7 +3,6 @@ reference; counts reconcile; and the streaming pipeline's final panes equal the 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 import apache_beam as beam
@@ -19,7 +18,7 @@ from reference import all_windows, assert_close, current_windows
 from transforms.events import decode_json
 from transforms.feature_pipeline import FeaturePipeline
 from transforms.sinks import read_dead_letters
-from transforms.spec import load_spec, parse_spec
+from transforms.spec import load_spec
 from transforms.stores.feast_codec import rfc3339
 
 N_EVENTS = 4000

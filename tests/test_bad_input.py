@@ -7,7 +7,6 @@ import json
 from collections import defaultdict
 
 import pyarrow.dataset as ds
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -14,7 +14,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import streaming_options
-from helpers import T0, make_spec, ms, view
+from helpers import make_spec, ms, view
 from pipelines import backfill_features
 from transforms import tiles
 from transforms.dedup import DropDuplicateEvents

@@ -12,7 +12,6 @@ import time
 import uuid
 
 import pyarrow.dataset as ds
-import pytest
 import yaml
 from google.cloud import pubsub_v1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import pytest
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 

@@ -12,8 +12,7 @@ Session windows are not tileable; they take the event path.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
