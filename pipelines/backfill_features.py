@@ -18,6 +18,7 @@ from pipelines.common import (
     FeatureStoreOptions,
     UsageError,
     check_online_store,
+    dead_letter_destination,
     is_local,
     require,
     redacted,
@@ -65,8 +66,7 @@ def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineRes
     spec = load_spec(stores.feature_spec)
     if not matching_files(events):
         raise UsageError(f"--events: no files match {events!r}")
-    if stores.dead_letter is None:
-        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
+    dead_letter_destination(stores)
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or "DirectRunner"
     if is_local(options):

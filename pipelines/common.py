@@ -74,10 +74,64 @@ def require(options: PipelineOptions, *names: str) -> None:
         raise UsageError(f"missing required option(s): {', '.join(missing)}")
 
 
-def is_local(options: PipelineOptions) -> bool:
+def runner_name(options: PipelineOptions) -> str:
     runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) else type(runner).__name__ if runner else "DirectRunner"
-    return name.lower() in LOCAL_RUNNERS
+    return runner if isinstance(runner, str) else type(runner).__name__ if runner else "DirectRunner"
+
+
+def is_local(options: PipelineOptions) -> bool:
+    return runner_name(options).lower() in LOCAL_RUNNERS
+
+
+def dead_letter_destination(stores: "FeatureStoreOptions") -> str:
+    """--dead_letter, defaulting to <offline_store>/_dead_letters (set on the options too)."""
+    if stores.dead_letter is None:
+        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
+    return stores.dead_letter
+
+
+def use_streaming_engine(options: PipelineOptions, pubsub: "PubSubInputOptions") -> bool:
+    """Streaming mode. Beam's DirectRunner would hand a streaming pipeline without Pub/Sub or
+    TestStream to its batch engine (which cannot fire processing-time triggers), after first
+    trying to download Prism; its streaming engine is the BundleBasedDirectRunner, so run that.
+    Returns True on a local direct runner, where --id_attribute is refused with the reason."""
+    standard = options.view_as(StandardOptions)
+    standard.streaming = True
+    if (standard.runner or "DirectRunner") == "DirectRunner":
+        standard.runner = "BundleBasedDirectRunner"
+    direct = runner_name(options).lower() in ("bundlebaseddirectrunner", "switchingdirectrunner")
+    if pubsub.id_attribute and direct:
+        raise UsageError(
+            "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by attribute "
+            "(it raises NotImplementedError for id_label); use it on Dataflow, or drop the flag locally"
+        )
+    return direct
+
+
+def read_pubsub(pipeline: beam.Pipeline, pubsub: "PubSubInputOptions") -> beam.PCollection:
+    from transforms.sources import ReadPubSubEvents
+
+    try:
+        return pipeline | "Read events" >> ReadPubSubEvents(
+            pubsub.input_subscription, pubsub.input_topic, pubsub.timestamp_attribute, pubsub.id_attribute
+        )
+    except ValueError as err:  # a malformed topic or subscription path
+        raise UsageError(str(err)) from None
+
+
+def run_pipeline(pipeline: beam.Pipeline, wait: bool = True, on_start=None) -> beam.runners.runner.PipelineResult:
+    """Run (calling on_start(result) once started); when waiting, Ctrl-C cancels the job
+    instead of leaving it running."""
+    result = pipeline.run()
+    if on_start:
+        on_start(result)
+    if wait:
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            _LOG.info("interrupted: cancelling the pipeline")
+            result.cancel()
+    return result
 
 
 def check_online_store(url: str, spec: FeatureSpecFile) -> None:

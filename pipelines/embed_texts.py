@@ -25,11 +25,15 @@ from pipelines.common import (
     PubSubInputOptions,
     UsageError,
     check_online_store,
+    dead_letter_destination,
     is_local,
     redacted,
     report,
+    read_pubsub,
     require,
     run_main,
+    run_pipeline,
+    use_streaming_engine,
 )
 from transforms.embed import (
     DEVICES,
@@ -40,7 +44,6 @@ from transforms.embed import (
 )
 from transforms.feature_pipeline import ReadEventFiles, matching_files
 from transforms.sinks import WriteDeadLetters, WriteOnline
-from transforms.sources import ReadPubSubEvents
 from transforms.spec import FeatureSpecFile, load_spec
 from transforms.stores.offline_embeddings import WriteEmbeddingsOffline
 
@@ -149,21 +152,12 @@ def run(
     spec = load_spec(stores.feature_spec)
     if not spec.embeddings:
         raise UsageError(f"{stores.feature_spec}: no `embeddings:` section; nothing to embed")
-    if stores.dead_letter is None:
-        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
-    standard = options.view_as(StandardOptions)
+    dead_letter_destination(stores)
     streaming = not events
     if streaming:
-        standard.streaming = True
-        # Like streaming_features: the DirectRunner's streaming engine, without the Prism detour.
-        if (standard.runner or "DirectRunner") == "DirectRunner":
-            standard.runner = "BundleBasedDirectRunner"
-        if pubsub.id_attribute and is_local(options):
-            raise UsageError(
-                "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by "
-                "attribute (NotImplementedError for id_label); use it on Dataflow"
-            )
+        use_streaming_engine(options, pubsub)
     else:
+        standard = options.view_as(StandardOptions)
         standard.runner = standard.runner or "DirectRunner"
         if not matching_files(events):
             raise UsageError(f"--events: no files match {events!r}")
@@ -175,15 +169,7 @@ def run(
         raw = pipeline | "Read events" >> ReadEventFiles(events)
         source = events
     else:
-        try:
-            raw = pipeline | "Read events" >> ReadPubSubEvents(
-                pubsub.input_subscription,
-                pubsub.input_topic,
-                pubsub.timestamp_attribute,
-                pubsub.id_attribute,
-            )
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        raw = read_pubsub(pipeline, pubsub)
         source = pubsub.input_subscription or pubsub.input_topic
     build(
         raw,
@@ -201,14 +187,7 @@ def run(
         stores.offline_store,
         stores.dead_letter,
     )
-    result = pipeline.run()
-    if wait:
-        try:
-            result.wait_until_finish()
-        except KeyboardInterrupt:
-            _LOG.info("interrupted: cancelling the pipeline")
-            result.cancel()
-    return result
+    return run_pipeline(pipeline, wait)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -27,16 +27,20 @@ from pipelines.common import (
     PubSubInputOptions,
     UsageError,
     check_online_store,
+    dead_letter_destination,
     is_local,
     redacted,
     report,
+    read_pubsub,
     require,
     run_main,
+    run_pipeline,
+    runner_name,
+    use_streaming_engine,
 )
 from transforms.events import ParsePlan
 from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, matching_files
 from transforms.replay import ReplayStats, build_replay, read_lines
-from transforms.sources import ReadPubSubEvents
 from transforms.spec import load_spec, parse_duration
 
 _LOG = logging.getLogger(__name__)
@@ -58,21 +62,6 @@ class ReplayOptions(PipelineOptions):
 OPTIONS = (PubSubInputOptions, EventFileOptions, ReplayOptions, FeatureStoreOptions)
 
 
-def _check_runner_fits_source(options: PipelineOptions, pubsub: PubSubInputOptions, replay: bool) -> bool:
-    """Refuse combinations a runner cannot do, with the reason; True for a local DirectRunner."""
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    direct = name.lower() in ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
-    if replay and not direct:
-        raise UsageError(f"--replay runs on the DirectRunner only (it uses Beam's TestStream); got --runner {name}")
-    if pubsub.id_attribute and direct:
-        raise UsageError(
-            "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by attribute "
-            "(it raises NotImplementedError for id_label); use it on Dataflow, or drop the flag locally"
-        )
-    return direct
-
-
 def run(
     argv: Optional[Sequence[str]] = None,
     wait: bool = True,
@@ -88,16 +77,11 @@ def run(
     if sum(sources) != 1:
         raise UsageError("give exactly one input: --input_subscription, --input_topic, or --events [--replay]")
     spec = load_spec(stores.feature_spec)
-    standard = options.view_as(StandardOptions)
-    standard.streaming = True
-    # Beam's DirectRunner would hand a streaming pipeline without Pub/Sub or TestStream to its
-    # batch engine (which cannot fire processing-time triggers), after first trying to download
-    # Prism; its streaming engine is the BundleBasedDirectRunner, so run that directly.
-    if (standard.runner or "DirectRunner") == "DirectRunner":
-        standard.runner = "BundleBasedDirectRunner"
-    direct = _check_runner_fits_source(options, pubsub, replay.replay)
-    if stores.dead_letter is None:
-        stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
+    direct = use_streaming_engine(options, pubsub)
+    if replay.replay and not direct:
+        raise UsageError(f"--replay runs on the DirectRunner only (it uses Beam's TestStream); "
+                         f"got --runner {runner_name(options)}")
+    dead_letter_destination(stores)
     if is_local(options):
         check_online_store(stores.online_store, spec)
 
@@ -126,12 +110,7 @@ def run(
         raw = pipeline | "Read events" >> ReadEventFiles(events)
         source = events
     else:
-        try:
-            raw = pipeline | "Read events" >> ReadPubSubEvents(
-                pubsub.input_subscription, pubsub.input_topic, pubsub.timestamp_attribute, pubsub.id_attribute
-            )
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        raw = read_pubsub(pipeline, pubsub)
         source = pubsub.input_subscription or pubsub.input_topic
     try:
         raw | "Features" >> FeaturePipeline(
@@ -151,16 +130,7 @@ def run(
         len(spec.feature_views), source, redacted(stores.online_store), stores.offline_store,
         stores.dead_letter,
     )
-    result = pipeline.run()
-    if on_start:
-        on_start(result, stats)
-    if wait:
-        try:
-            result.wait_until_finish()
-        except KeyboardInterrupt:
-            _LOG.info("interrupted: cancelling the pipeline")
-            result.cancel()
-    return result
+    return run_pipeline(pipeline, wait, on_start=(lambda result: on_start(result, stats)) if on_start else None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -173,8 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             # Beam's DirectRunner keeps only the last bundle's counters in streaming runs:
             # count from what the run wrote instead.
             stores = options.view_as(FeatureStoreOptions)
-            dead_letter = stores.dead_letter or stores.offline_store.rstrip("/") + "/_dead_letters"
-            summary = output_summary(load_spec(stores.feature_spec), stores.offline_store, dead_letter)
+            summary = output_summary(load_spec(stores.feature_spec), stores.offline_store,
+                                     dead_letter_destination(stores))
             stats = replay_stats[0] if replay_stats else None
             print_summary(summary, stats.events if stats else None, out=sys.stderr)
         else:
