@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from flex_templates.templates import (
+    call_google,
     GCS,
     GPU_TEMPLATES,
     JOB_NAME_MAX,
@@ -268,19 +269,10 @@ def launch_body(request: dataflow.LaunchFlexTemplateRequest) -> dict[str, Any]:
 
 
 def send(request: dataflow.LaunchFlexTemplateRequest) -> dataflow.Job:
-    from google.api_core import exceptions
-    from google.auth import exceptions as auth_exceptions
-
-    try:
-        return dataflow.FlexTemplatesServiceClient().launch_flex_template(request=request).job
-    except auth_exceptions.DefaultCredentialsError as err:
-        fail(
-            PROGRAM,
-            f"no Google credentials ({err}); run `gcloud auth application-default login`",
-            code=1,
-        )
-    except exceptions.GoogleAPICallError as err:
-        fail(PROGRAM, f"Dataflow refused the launch: {err.code} {err.message}", code=1)
+    return call_google(
+        PROGRAM, "Dataflow refused the launch",
+        lambda: dataflow.FlexTemplatesServiceClient().launch_flex_template(request=request).job,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

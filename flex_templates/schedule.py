@@ -32,6 +32,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from flex_templates.launch import add_launch_arguments, build_request, launch_body
 from flex_templates.templates import (
+    call_google,
     STREAMING_INPUTS,
     TemplateError,
     check_job_name,
@@ -123,10 +124,9 @@ def to_json(job: scheduler_v1.Job) -> str:
 
 def create_or_update(job: scheduler_v1.Job) -> str:
     from google.api_core import exceptions
-    from google.auth import exceptions as auth_exceptions
 
-    client = scheduler_v1.CloudSchedulerClient()
-    try:
+    def upsert() -> str:
+        client = scheduler_v1.CloudSchedulerClient()
         try:
             client.get_job(name=job.name)
         except exceptions.NotFound:
@@ -134,14 +134,8 @@ def create_or_update(job: scheduler_v1.Job) -> str:
             return "created"
         client.update_job(job=job, update_mask=field_mask_pb2.FieldMask(paths=UPDATE_MASK))
         return "updated"
-    except auth_exceptions.DefaultCredentialsError as err:
-        fail(
-            PROGRAM,
-            f"no Google credentials ({err}); run `gcloud auth application-default login`",
-            code=1,
-        )
-    except exceptions.GoogleAPICallError as err:
-        fail(PROGRAM, f"Cloud Scheduler refused {job.name}: {err.code} {err.message}", code=1)
+
+    return call_google(PROGRAM, f"Cloud Scheduler refused {job.name}", upsert)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

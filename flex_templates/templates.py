@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NoReturn, Optional
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -39,6 +39,19 @@ class TemplateError(ValueError):
 def fail(program: str, message: str, code: int = 2) -> NoReturn:
     print(f"{program}: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def call_google(program: str, refused: str, call: Callable[[], Any]) -> Any:
+    """Call a Google API; missing credentials and API refusals become one line and exit 1."""
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        return call()
+    except auth_exceptions.DefaultCredentialsError as err:
+        fail(program, f"no Google credentials ({err}); run `gcloud auth application-default login`", code=1)
+    except exceptions.GoogleAPICallError as err:
+        fail(program, f"{refused}: {err.code} {err.message}", code=1)
 
 
 _PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)[^@]*@")
