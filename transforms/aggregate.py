@@ -42,6 +42,16 @@ class _Op:
     def extract(self, state: Any) -> Any:
         return state
 
+    def window(self, states: list) -> Any:
+        """extract(the merge of `states`) - one window's tile states, oldest first - leaving
+        the states unchanged (tiles are shared by several sliding windows)."""
+        if len(states) == 1:
+            return self.extract(states[0])
+        merged = self.decode(self.encode(self.create()))
+        for state in states:
+            merged = self.merge(merged, self.decode(self.encode(state)))
+        return self.extract(merged)
+
 
 class _Count(_Op):
     empty = 0
@@ -148,6 +158,15 @@ class _Distinct(_Op):
     def extract(self, state: Optional[hll_sketch]) -> int:
         return 0 if state is None else int(round(state.get_estimate()))
 
+    def window(self, states: list) -> int:
+        sketches = [s for s in states if s is not None]
+        if len(sketches) < 2:
+            return self.extract(sketches[0] if sketches else None)
+        union = hll_union(HLL_LG_K)
+        for sketch in sketches:
+            union.update(sketch)
+        return int(round(union.get_estimate()))
+
     def encode(self, state: Optional[hll_sketch]) -> Optional[bytes]:
         return None if state is None else state.serialize_compact()
 
@@ -179,6 +198,15 @@ class _Percentile(_Op):
 
     def extract(self, state: Optional[kll_doubles_sketch]) -> Optional[float]:
         return None if state is None else float(state.get_quantile(self.q))
+
+    def window(self, states: list) -> Optional[float]:
+        sketches = [s for s in states if s is not None]
+        if len(sketches) < 2:
+            return self.extract(sketches[0] if sketches else None)
+        merged = self.decode(self.encode(sketches[0]))  # a copy: the tiles stay unchanged
+        for sketch in sketches[1:]:
+            merged.merge(sketch)
+        return self.extract(merged)
 
     def encode(self, state: Optional[kll_doubles_sketch]) -> Optional[bytes]:
         return None if state is None else state.serialize()
@@ -216,15 +244,21 @@ class AccumulatorCoder(Coder):
     def __init__(self, ops: list[_Op]):
         self._ops = ops
         self._inner = FastPrimitivesCoder()
+        # Only sketches change form; the other states are primitives already.
+        self._convert = [(i, op) for i, op in enumerate(ops, 1) if type(op).encode is not _Op.encode]
 
     def encode(self, acc: list) -> bytes:
-        return self._inner.encode(
-            [acc[0]] + [op.encode(state) for op, state in zip(self._ops, acc[1:])]
-        )
+        if self._convert:
+            acc = list(acc)
+            for i, op in self._convert:
+                acc[i] = op.encode(acc[i])
+        return self._inner.encode(acc)
 
     def decode(self, data: bytes) -> list:
-        raw = self._inner.decode(data)
-        return [raw[0]] + [op.decode(state) for op, state in zip(self._ops, raw[1:])]
+        acc = self._inner.decode(data)
+        for i, op in self._convert:
+            acc[i] = op.decode(acc[i])
+        return acc
 
     def is_deterministic(self) -> bool:
         return False

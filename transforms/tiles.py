@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.aggregate import FeatureViewCombineFn
+from transforms.assembly import assemble_windows
 from transforms.columnar import ColumnarAggregator, ColumnarChunks, columnar_schema
 from transforms.dedup import event_id_of, keep_within_horizon
 from transforms.events import DEAD_LETTER_TAG, BadEvent, Event, ParsePlan, dead_letter
@@ -225,16 +226,8 @@ class _AssembleWindows(beam.DoFn):
         for start, data in encoded:
             acc = coder.decode(data)
             tiles[start] = fn.merge_accumulators([tiles[start], acc]) if start in tiles else acc
-        per_window = size // tile
-        ends = sorted({start + tile * k for start in tiles for k in range(1, per_window + 1)})
-        for end in ends:
-            members = [tiles[s] for s in range(end - size, end, tile) if s in tiles]
-            if len(members) == 1:
-                acc = members[0]  # extracting reads the state; nothing to merge
-            else:
-                # merge into a fresh accumulator: tiles are shared by size/period windows
-                acc = fn.merge_accumulators([fn.create_accumulator()] + members)
-            max_event_time_ms, *values = fn.extract_output(acc)
+        starts = sorted(tiles)
+        for end, (max_event_time_ms, *values) in assemble_windows(fn, starts, [tiles[s] for s in starts], tile, size):
             yield FeatureRow(view, entity, end - size, end, "ON_TIME", 0, max_event_time_ms, tuple(values))
 
 
