@@ -11,7 +11,9 @@ equal the event path's (sums up to floating-point rounding, sketches within thei
 from __future__ import annotations
 
 import io
-from typing import Any, Optional
+import re
+from collections import deque
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +40,7 @@ from transforms.spec import FeatureViewSpec
 
 TILE = "__tile"
 MIN_BLOCK = 64  # below this many lines a refused block is parsed line by line
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")  # a line bytes.strip() would leave empty
 
 
 def _where_type(values: tuple) -> Optional[pa.DataType]:
@@ -91,10 +94,35 @@ class ColumnarChunks:
         self._parse_block(lines, tables, slow)
         return tables, slow
 
+    def parse_block(self, block: bytes, exclude_ids: Optional[pa.Array] = None) -> tuple[list[pa.Table], list[bytes]]:
+        """Like `parse`, for a block of whole JSONL lines: parsed as it is, without splitting it
+        into lines, unless Arrow refuses it or some rows need the event path."""
+        self._exclude = exclude_ids if exclude_ids is not None and len(exclude_ids) else None
+        body = block[:-1] if block.endswith(b"\n") else block
+        if _BLANK_LINE.search(b"\n" + body + b"\n") is None:  # else rows could not be matched to lines
+            try:
+                table = self._read(block)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                table = None
+            if table is not None and table.num_rows == body.count(b"\n") + 1:
+                good = self._valid_rows(table)
+                if pc.all(good).as_py():
+                    return [table], []
+                lines = [line.rstrip(b"\r") for line in body.split(b"\n")]
+                bad = pc.invert(good).to_pylist()
+                return [table.filter(good)], [line for line, is_bad in zip(lines, bad) if is_bad]
+        tables: list[pa.Table] = []
+        slow: list[bytes] = []
+        self._parse_block([line.rstrip(b"\r") for line in block.split(b"\n") if line.strip()], tables, slow)
+        return tables, slow
+
+    def _read(self, data: bytes) -> pa.Table:
+        return pj.read_json(io.BytesIO(data), parse_options=self._parse_options,
+                            read_options=pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1)))
+
     def _parse_block(self, lines: list[bytes], tables: list[pa.Table], slow: list[bytes]) -> None:
         try:
-            table = pj.read_json(io.BytesIO(b"\n".join(lines)), parse_options=self._parse_options,
-                                 read_options=pj.ReadOptions(use_threads=False, block_size=1 << 26))
+            table = self._read(b"\n".join(lines))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             if len(lines) <= MIN_BLOCK:
                 slow.extend(lines)
@@ -134,8 +162,29 @@ def _keys(table: pa.Table, names: list[str]) -> list[tuple]:
     return list(zip(*(table[n].to_pylist() for n in names)))
 
 
+def _lists(column: pa.ChunkedArray) -> tuple[Any, np.ndarray]:
+    """A list column as (flat values, offsets): group i's values are values[o[i]:o[i+1]]."""
+    lists = column.combine_chunks()
+    offsets = lists.offsets.to_numpy()
+    return lists.values, offsets - offsets[0]
+
+
+class _Extreme(NamedTuple):
+    """first/last as a hash min/max of one int64 column: rank of the time * n_values + rank of
+    the value, so the least/greatest (time, value) pair wins as in `_First/_Last.merge`,
+    without sorting the rows."""
+
+    column: str
+    times: list  # time of each time rank
+    values: list  # value of each value rank
+    n_values: int
+
+
 class ColumnarAggregator:
-    """Arrow tables -> {(entity, tile_start): accumulator} for one view, in CombineFn layout."""
+    """Arrow tables -> {(entity, tile_start): accumulator} for one view, in CombineFn layout.
+
+    One hash group-by per distinct `where` clause computes every feature of the view (counts,
+    sums, min/max, first/last, and the value lists the sketches are built from)."""
 
     def __init__(self, plan: ParsePlan, view: FeatureViewSpec, fn: FeatureViewCombineFn, tile_ms: int):
         self._plan = plan
@@ -143,6 +192,9 @@ class ColumnarAggregator:
         self._tile = tile_ms
         self._key = next(k for name, k, _ in plan.entities if name == view.entity)
         self._masks = {op.mask: clause for op, clause in zip(fn._ops, self._clauses(view))}
+        self._by_mask: dict[int, list[tuple[int, Any]]] = {0: []}
+        for i, op in enumerate(fn._ops, 1):
+            self._by_mask.setdefault(op.mask, []).append((i, op))
 
     def _clauses(self, view: FeatureViewSpec) -> list:
         from transforms.events import where_key
@@ -156,20 +208,25 @@ class ColumnarAggregator:
             index = table.schema.get_field_index(self._key)
             table = table.set_column(index, self._key, pc.cast(table[self._key], pa.string()))
         keys = [self._key, TILE]
-        grouped = table.group_by(keys, use_threads=False).aggregate([(self._plan.timestamp_field, "max")])
         fn = self._fn
         accs: dict[tuple, list] = {}
-        for key, max_ts in zip(_keys(grouped, keys), grouped[f"{self._plan.timestamp_field}_max"].to_pylist()):
-            acc = fn.create_accumulator()
-            acc[0] = max_ts
-            accs[key] = acc
-        filtered: dict[int, pa.Table] = {}
-        for i, op in enumerate(fn._ops, 1):
-            rows = filtered.get(op.mask)
-            if rows is None:
-                rows = filtered[op.mask] = self._filter(table, op.mask)
-            if rows.num_rows:
-                self._fill(op, i, rows, keys, accs)
+        for mask, ops in self._by_mask.items():  # mask 0 (every row) first: it makes the tiles
+            rows = self._filter(table, mask)
+            if mask and not rows.num_rows:
+                continue
+            group_keys, columns = self._group(rows, keys, ops, with_time=not mask)
+            if not mask and len(ops) == len(fn._ops):  # the columns are the accumulators
+                accs = dict(zip(group_keys, map(list, zip(*columns))))
+                continue
+            if not mask:
+                template = fn.create_accumulator()
+                accs = {key: list(template) for key in group_keys}
+                for key, max_ts in zip(group_keys, columns.pop(0)):
+                    accs[key][0] = max_ts
+            for key, states in zip(group_keys, zip(*columns)):
+                acc = accs[key]
+                for (i, _), state in zip(ops, states):
+                    acc[i] = state
         for key, acc in accs.items():
             current = into.get(key)
             into[key] = acc if current is None else fn.merge_accumulators([current, acc])
@@ -185,47 +242,111 @@ class ColumnarAggregator:
             keep = match if keep is None else pc.and_(keep, match)
         return table.filter(pc.fill_null(keep, False))
 
-    def _fill(self, op: Any, i: int, rows: pa.Table, keys: list[str], accs: dict) -> None:
+    def _field(self, op: Any) -> str:
         plan = self._plan
-        if isinstance(op, _Count):
-            g = rows.group_by(keys, use_threads=False).aggregate([(keys[0], "count")])
-            for key, n in zip(_keys(g, keys), g[f"{keys[0]}_count"].to_pylist()):
-                accs[key][i] = n
-            return
         if isinstance(op, (_First, _Last)):
-            field = plan.num_fields[op.slot] if op.values == "nums" else plan.str_fields[op.slot].name
-        elif isinstance(op, _Distinct):
-            field = plan.str_fields[op.slot].name
+            return plan.num_fields[op.slot] if op.values == "nums" else plan.str_fields[op.slot].name
+        if isinstance(op, _Distinct):
+            return plan.str_fields[op.slot].name
+        return plan.num_fields[op.slot]
+
+    def _group(self, rows: pa.Table, keys: list[str], ops: list[tuple[int, Any]],
+               with_time: bool) -> tuple[list[tuple], list[list]]:
+        """One group-by of `rows` by (entity, tile) -> (keys, [max time,] one state list per op)."""
+        ts = self._plan.timestamp_field
+        aggregations: dict[tuple[str, str], str] = {}
+
+        def want(column: str, function: str) -> str:
+            return aggregations.setdefault((column, function), f"{column}_{function}")
+
+        extremes: dict[int, _Extreme] = {}
+        for i, op in ops:
+            if isinstance(op, (_First, _Last)):
+                extremes[i], ranked = self._extreme(rows, self._field(op), f"__extreme{i}")
+                rows = rows.append_column(extremes[i].column, ranked)
+        wanted = []
+        if with_time:
+            wanted.append(("time", want(ts, "max")))
+        for i, op in ops:
+            field = "" if isinstance(op, _Count) else self._field(op)
+            if isinstance(op, _Count):
+                wanted.append((op, want(ts, "count")))
+            elif isinstance(op, _Sum):
+                wanted.append((op, want(field, "sum")))
+            elif isinstance(op, _Mean):
+                wanted.append((op, (want(field, "sum"), want(field, "count"))))
+            elif isinstance(op, (_Min, _Max)):
+                wanted.append((op, want(field, "min" if isinstance(op, _Min) else "max")))
+            elif isinstance(op, (_First, _Last)):
+                wanted.append((extremes[i], want(extremes[i].column, "min" if isinstance(op, _First) else "max")))
+            elif isinstance(op, _Distinct):
+                wanted.append((op, want(field, "distinct")))
+            else:
+                assert isinstance(op, _Percentile), op
+                wanted.append((op, want(field, "list")))
+        g = rows.group_by(keys, use_threads=False).aggregate(list(aggregations))
+        return _keys(g, keys), [_states(what, g, name) for what, name in wanted]
+
+    def _extreme(self, rows: pa.Table, field: str, column: str) -> tuple[_Extreme, pa.Array]:
+        """A ranked int64 column for first/last of `field`: dense rank of the time, times the
+        number of distinct values, plus the value's rank; null where the value is null."""
+        ts_values, ts_rank = np.unique(rows[self._plan.timestamp_field].to_numpy(), return_inverse=True)
+        column_values = rows[field].combine_chunks()
+        valid = column_values.is_valid().to_numpy(zero_copy_only=False)
+        if pa.types.is_string(column_values.type):
+            encoded = column_values.dictionary_encode()
+            order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+            rank_of_code = np.empty(len(order), dtype=np.int64)
+            rank_of_code[order] = np.arange(len(order))
+            codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
+            value_rank = rank_of_code[codes] if len(order) else np.zeros(len(codes), dtype=np.int64)
+            values = encoded.dictionary.take(pa.array(order)).to_pylist()
         else:
-            field = plan.num_fields[op.slot]
-        rows = rows.filter(pc.is_valid(rows[field]))
-        if not rows.num_rows:
-            return
-        if isinstance(op, (_Sum, _Mean, _Min, _Max)):
-            g = rows.group_by(keys, use_threads=False).aggregate(
-                [(field, "sum"), (field, "count"), (field, "min"), (field, "max")])
-            columns = [g[f"{field}_{a}"].to_pylist() for a in ("sum", "count", "min", "max")]
-            for key, total, n, lo, hi in zip(_keys(g, keys), *columns):
-                accs[key][i] = (total if isinstance(op, _Sum) else (total, n) if isinstance(op, _Mean)
-                                else lo if isinstance(op, _Min) else hi)
-        elif isinstance(op, (_First, _Last)):
-            ts = plan.timestamp_field
-            rows = rows.sort_by([(k, "ascending") for k in keys] + [(ts, "ascending"), (field, "ascending")])
-            which = "first" if isinstance(op, _First) else "last"
-            g = rows.group_by(keys, use_threads=False).aggregate([(ts, which), (field, which)])
-            for key, t, value in zip(_keys(g, keys), g[f"{ts}_{which}"].to_pylist(), g[f"{field}_{which}"].to_pylist()):
-                accs[key][i] = (t, value)
-        elif isinstance(op, _Distinct):
-            g = rows.group_by(keys, use_threads=False).aggregate([(field, "list")])
-            for key, values in zip(_keys(g, keys), g[f"{field}_list"].to_pylist()):
-                sketch = hll_sketch(HLL_LG_K)
-                for value in values:
-                    sketch.update(value)
-                accs[key][i] = sketch
-        else:
-            assert isinstance(op, _Percentile), op
-            g = rows.group_by(keys, use_threads=False).aggregate([(field, "list")])
-            for key, values in zip(_keys(g, keys), g[f"{field}_list"].to_pylist()):
-                sketch = kll_doubles_sketch(KLL_K)
-                sketch.update(np.asarray(values, dtype=np.float64))
-                accs[key][i] = sketch
+            numbers = column_values.to_numpy(zero_copy_only=False)
+            values_np, value_rank = np.unique(np.where(valid, numbers, 0.0), return_inverse=True)
+            values = values_np.tolist()
+        n_values = max(len(values), 1)
+        ranked = ts_rank.astype(np.int64) * n_values + value_rank
+        return _Extreme(column, ts_values.tolist(), values, n_values), pa.array(ranked, mask=~valid)
+
+
+def _states(what: Any, g: pa.Table, name: Any) -> list:
+    if what == "time" or isinstance(what, (_Count, _Min, _Max)):
+        return g[name].to_pylist()
+    if isinstance(what, _Sum):
+        return [0.0 if v is None else v for v in g[name].to_pylist()]
+    if isinstance(what, _Mean):
+        totals, counts = g[name[0]].to_pylist(), g[name[1]].to_pylist()
+        return [(0.0, 0) if not n else (total, n) for total, n in zip(totals, counts)]
+    if isinstance(what, _Extreme):
+        times, values, n_values = what.times, what.values, what.n_values
+        return [None if r is None else (times[r // n_values], values[r % n_values]) for r in g[name].to_pylist()]
+    flat, offsets = _lists(g[name])
+    bounds = zip(offsets[:-1].tolist(), offsets[1:].tolist())
+    if isinstance(what, _Distinct):
+        strings = flat.to_pylist()
+        out = []
+        for lo, hi in bounds:
+            if lo == hi:
+                out.append(None)
+                continue
+            sketch = hll_sketch(HLL_LG_K)
+            deque(map(sketch.update, strings[lo:hi]), maxlen=0)
+            out.append(sketch)
+        return out
+    assert isinstance(what, _Percentile), what
+    # nulls -> NaN (valid values are finite); a writable copy, as the sketch's update requires
+    numbers = np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
+    has_nulls = flat.null_count > 0
+    out = []
+    for lo, hi in bounds:
+        chunk = numbers[lo:hi]
+        if has_nulls:
+            chunk = chunk[~np.isnan(chunk)]
+        if not len(chunk):
+            out.append(None)
+            continue
+        sketch = kll_doubles_sketch(KLL_K)
+        sketch.update(chunk)
+        out.append(sketch)
+    return out

@@ -15,8 +15,9 @@ from apache_beam.metrics import Metrics
 from transforms.dedup import DropDuplicateEvents
 from transforms.events import DEAD_LETTER_TAG, ParseEvents
 from transforms.features import ComputeFeatures
-from transforms.sinks import WriteDeadLetters, WriteOffline, WriteOnline
+from transforms.sinks import NewestCurrentRows, WriteDeadLetters, WriteOffline, WriteOnline
 from transforms.spec import FeatureSpecFile
+from transforms.stores.online import layouts
 from transforms.tiles import TiledBackfill, tileable
 from transforms.windowing import GuardLateness
 
@@ -76,9 +77,13 @@ def write_outputs(
     offline_store: Optional[str],
     dead_letter: Optional[str],
     bounded: bool,
+    newest_rows: Optional[beam.PCollection] = None,
 ) -> FeatureOutputs:
-    """The sinks every feature pipeline ends with."""
-    if online_store:
+    """The sinks every feature pipeline ends with. `newest_rows`: the newest current row per
+    (view, entity), where a bounded pipeline knows them already (written instead of `rows`)."""
+    if online_store and newest_rows is not None:
+        newest_rows | "Online store" >> WriteOnline(online_store, spec)
+    elif online_store:
         rows | "Online store" >> WriteOnline(online_store, spec, latest_only=bounded)
     if offline_store:
         rows | "Offline store" >> WriteOffline(offline_store, spec)
@@ -100,13 +105,19 @@ class TiledFeaturePipeline(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> FeatureOutputs:
         read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths)
-        per_view = [read.rows] + [
+        untiled = [
             read.events | ComputeFeatures(self._spec, view, streaming=False)
             for view in self._spec.feature_views
             if not tileable(view)
         ]
-        rows = per_view | "Merge views" >> beam.Flatten()
-        return write_outputs(rows, read.dead_letters, self._spec, *self._sinks, bounded=True)
+        rows = [read.rows] + untiled | "Merge views" >> beam.Flatten()
+        newest = [read.newest]
+        if untiled:
+            untiled_rows = untiled | "Merge untiled views" >> beam.Flatten()
+            newest.append(untiled_rows | "Newest untiled rows" >> NewestCurrentRows(layouts(self._spec)))
+        newest_rows = newest | "Merge newest rows" >> beam.Flatten()
+        return write_outputs(rows, read.dead_letters, self._spec, *self._sinks, bounded=True,
+                             newest_rows=newest_rows)
 
 
 class _SkipBlank(beam.DoFn):

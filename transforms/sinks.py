@@ -79,12 +79,31 @@ def _newest(rows: Iterable[FeatureRow]) -> Optional[FeatureRow]:
     return max(rows, key=lambda r: (r.window_end_ms, r.pane_index), default=None)
 
 
+class NewestCurrentRows(beam.PTransform):
+    """FeatureRows -> the newest current window per (view, entity): in a bounded run, the only
+    row of each entity the online store's monotonic rule would keep."""
+
+    def __init__(self, views: dict[str, ViewLayout]):
+        super().__init__()
+        self._views = views
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        views = self._views
+        return (
+            rows
+            | "Current windows" >> beam.Filter(lambda r: is_current_window(r, views[r.view]))
+            | "Key by entity" >> beam.Map(lambda r: ((r.view, r.entity), r))
+            | "Newest per entity" >> beam.CombinePerKey(_newest)
+            | "Drop keys" >> beam.Values()
+        )
+
+
 class WriteOnline(beam.PTransform):
     """FeatureRows -> online store: current windows only, atomic and monotonic per entity.
 
-    With `latest_only` (bounded runs) rows are first reduced to the newest per (view, entity):
-    the store's monotonic rule would refuse every older one anyway, so this writes the same
-    final state with one upsert per entity instead of one per window.
+    With `latest_only` (bounded runs) rows are first reduced to the newest per (view, entity)
+    (NewestCurrentRows): the store's monotonic rule would refuse every older one anyway, so
+    this writes the same final state with one upsert per entity instead of one per window.
     """
 
     def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
@@ -96,14 +115,7 @@ class WriteOnline(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         if self._latest_only:
-            views = self._views
-            rows = (
-                rows
-                | "Current windows" >> beam.Filter(lambda r: is_current_window(r, views[r.view]))
-                | "Key by entity" >> beam.Map(lambda r: ((r.view, r.entity), r))
-                | "Newest per entity" >> beam.CombinePerKey(_newest)
-                | "Drop keys" >> beam.Values()
-            )
+            rows = rows | NewestCurrentRows(self._views)
         return rows | "Upsert current windows" >> beam.ParDo(self._fn)
 
 

@@ -29,12 +29,14 @@ from transforms.dedup import event_id_of, keep_within_horizon
 from transforms.events import DEAD_LETTER_TAG, BadEvent, Event, ParsePlan, dead_letter
 from transforms.features import FeatureRow
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
+from transforms.stores.online import is_current_window, layouts
 
 _LOG = logging.getLogger(__name__)
 EVENTS_TAG = "events"
 DUPLICATES_TAG = "duplicates"
+NEWEST_TAG = "newest"
 RANGE_BYTES = 16 * 1024 * 1024
-CHUNK_LINES = 50_000
+BLOCK_BYTES = 8 * 1024 * 1024
 
 
 def tileable(view: FeatureViewSpec) -> bool:
@@ -69,6 +71,38 @@ def split_files(paths: list[str], range_bytes: int = RANGE_BYTES) -> list[FileRa
     return ranges
 
 
+def read_blocks(file_range: FileRange, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """The JSONL lines of one range as blocks of whole lines (about `block_bytes` each): the
+    lines that start in [start, end), or the whole (decompressed) file when end is -1."""
+    path, start, end = file_range
+    with FileSystems.open(path) as handle:
+        if start:
+            handle.seek(start - 1)
+            handle.readline()  # the line that straddles `start` belongs to the previous range
+        position = handle.tell()
+        carry = b""
+        while True:
+            size = block_bytes if end == -1 else min(block_bytes, end - position)
+            data = handle.read(size) if size > 0 else b""
+            position += len(data)
+            block = carry + data
+            if not data or (end != -1 and position >= end):
+                if end != -1 and block and not block.endswith(b"\n"):
+                    block += handle.readline()  # the last line started before `end`: finish it
+                if block:
+                    yield block
+                return
+            cut = block.rfind(b"\n") + 1
+            carry = block[cut:]
+            if cut:
+                yield block[:cut]
+
+
+def block_lines(block: bytes) -> list[bytes]:
+    """The non-blank lines of a block, without line endings."""
+    return [line.rstrip(b"\r") for line in block.split(b"\n") if line.strip()]
+
+
 def read_range(file_range: FileRange) -> Iterator[Any]:
     """Raw events (bytes lines, or dicts for Parquet) of one range."""
     path, start, end = file_range
@@ -77,22 +111,8 @@ def read_range(file_range: FileRange) -> Iterator[Any]:
             table = pq.ParquetFile(handle).read_row_groups(list(range(start, end)))
         yield from table.to_pylist()
         return
-    with FileSystems.open(path) as handle:
-        if end == -1:  # compressed, read whole
-            while line := handle.readline():
-                if line.strip():
-                    yield line.rstrip(b"\r\n")
-            return
-        if start:
-            handle.seek(start - 1)
-            handle.readline()  # the line that straddles `start` belongs to the previous range
-        position = handle.tell()
-        for line in handle:
-            if position >= end:
-                break
-            position += len(line)
-            if line.strip():
-                yield line.rstrip(b"\r\n")
+    for block in read_blocks(file_range):
+        yield from block_lines(block)
 
 
 class _ReadAndPreaggregate(beam.DoFn):
@@ -114,18 +134,26 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
 
     def process(self, file_range: FileRange, duplicate_ids: Iterable[str] = ()) -> Iterable:
-        columnar = not file_range.path.endswith(".parquet")
-        return self._process_lines(read_range(file_range), columnar, list(duplicate_ids))
+        if self._columnar is None or file_range.path.endswith(".parquet"):
+            return self._process_blocks((), read_range(file_range), list(duplicate_ids))
+        return self._process_blocks(read_blocks(file_range), (), list(duplicate_ids))
 
-    def _process_lines(self, raw_events: Iterable[Any], columnar: bool = True,
-                       duplicate_ids: Sequence[str] = ()) -> Iterable:
-        tiles: list[dict] = [dict() for _ in self._views]
+    def _process_lines(self, lines: Sequence[bytes], duplicate_ids: Sequence[str] = ()) -> Iterable:
+        """Lines (without line breaks) as one block, as the reader would pass them."""
+        if self._columnar is None:
+            return self._process_blocks((), lines, duplicate_ids)
+        return self._process_blocks([b"\n".join(lines)] if lines else [], (), duplicate_ids)
+
+    def _process_blocks(self, blocks: Iterable[bytes], raw_events: Iterable[Any],
+                        duplicate_ids: Sequence[str] = ()) -> Iterable:
+        """Blocks of JSONL lines (the columnar parse), then raw events one at a time."""
+        tiles: list[dict] = [{} for _ in self._views]
         counts = [0, 0]  # seen, parsed
         self._duplicates = set(duplicate_ids)
         exclude = pa.array(list(self._duplicates), pa.string()) if self._duplicates else None
-        if self._columnar is not None and columnar:
-            for chunk in _chunks(raw_events, CHUNK_LINES):
-                tables, slow = self._columnar.parse(chunk, exclude)
+        if self._columnar is not None:
+            for block in blocks:
+                tables, slow = self._columnar.parse_block(block, exclude)
                 if tables:
                     table = pa.concat_tables(tables)  # bisected blocks: one group-by, not many
                     counts[0] += table.num_rows
@@ -133,8 +161,7 @@ class _ReadAndPreaggregate(beam.DoFn):
                     for aggregator, view_tiles in zip(self._aggregators, tiles):
                         aggregator.aggregate(table, view_tiles)
                 yield from self._event_at_a_time(slow, tiles, counts)
-        else:
-            yield from self._event_at_a_time(raw_events, tiles, counts)
+        yield from self._event_at_a_time(raw_events, tiles, counts)
         seen, parsed = counts
         self._events_in.inc(seen)
         self._parsed.inc(parsed)
@@ -176,17 +203,6 @@ class _ReadAndPreaggregate(beam.DoFn):
                 fn.add_input(acc, event)
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 class _KeptEventsToTiles(beam.DoFn):
     """(id, copies of one event) -> the copies kept by the horizon rule, as tiles (and as events
     for the views that are not tiled)."""
@@ -213,10 +229,12 @@ class _KeptEventsToTiles(beam.DoFn):
 
 
 class _AssembleWindows(beam.DoFn):
-    """All tiles of one (view, entity) -> one ON_TIME FeatureRow per window with events."""
+    """All tiles of one (view, entity) -> one ON_TIME FeatureRow per window with events, and
+    (tagged NEWEST_TAG) the entity's newest current window: the one row the online store keeps."""
 
     def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec]):
         self._fns = {v.name: (FeatureViewCombineFn(spec, v), tile_ms(v), v.window.size * 1000) for v in views}
+        self._layouts = layouts(spec)
 
     def process(self, element: tuple[tuple[str, str], Iterable[tuple[int, bytes]]]) -> Iterable[FeatureRow]:
         (view, entity), encoded = element
@@ -227,12 +245,20 @@ class _AssembleWindows(beam.DoFn):
             acc = coder.decode(data)
             tiles[start] = fn.merge_accumulators([tiles[start], acc]) if start in tiles else acc
         starts = sorted(tiles)
+        layout = self._layouts[view]
+        newest = None
         for end, (max_event_time_ms, *values) in assemble_windows(fn, starts, [tiles[s] for s in starts], tile, size):
-            yield FeatureRow(view, entity, end - size, end, "ON_TIME", 0, max_event_time_ms, tuple(values))
+            row = FeatureRow(view, entity, end - size, end, "ON_TIME", 0, max_event_time_ms, tuple(values))
+            if is_current_window(row, layout):
+                newest = row  # windows come in order of their end
+            yield row
+        if newest is not None:
+            yield pvalue.TaggedOutput(NEWEST_TAG, newest)
 
 
 class TiledRead(NamedTuple):
     rows: beam.PCollection  # FeatureRows of the tileable views
+    newest: beam.PCollection  # of those, the newest current window per (view, entity)
     events: beam.PCollection  # parsed Events, for the other views (empty when all are tileable)
     dead_letters: beam.PCollection
 
@@ -283,6 +309,7 @@ class TiledBackfill(beam.PTransform):
         rows = (
             tiles
             | "Group tiles" >> beam.GroupByKey()
-            | "Assemble windows" >> beam.ParDo(_AssembleWindows(self._spec, self._views))
+            | "Assemble windows" >> beam.ParDo(_AssembleWindows(self._spec, self._views)).with_outputs(
+                NEWEST_TAG, main="rows")
         )
-        return TiledRead(rows, events, read[DEAD_LETTER_TAG])
+        return TiledRead(rows.rows, rows[NEWEST_TAG], events, read[DEAD_LETTER_TAG])
