@@ -13,6 +13,7 @@ import uuid
 from collections import defaultdict
 from typing import Callable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -27,6 +28,8 @@ _ARROW_TYPES = {
     "float_list": pa.list_(pa.float32()),
 }
 TS = pa.timestamp("us", tz="UTC")
+_DAY_MS = 86_400_000
+_EPOCH = dt.date(1970, 1, 1)
 
 
 def view_schema(layout: ViewLayout) -> pa.Schema:
@@ -44,22 +47,28 @@ def view_schema(layout: ViewLayout) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _ms_to_ts(values: Sequence[int]) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64) * 1000, TS)
+
+
 def rows_to_table(rows: Sequence[FeatureRow], layout: ViewLayout, created_us: int) -> pa.Table:
     schema = view_schema(layout)
-    entities = [int(r.entity) if layout.key_dtype == "int64" else r.entity for r in rows]
-    starts = [r.window_start_ms * 1000 for r in rows]
-    ends = [r.window_end_ms * 1000 for r in rows]
+    _, entities, starts, ends, timings, panes, _, features = zip(*rows) if rows else ([],) * 8
+    if layout.key_dtype == "int64":
+        entities = [int(e) for e in entities]
+    end_ts = _ms_to_ts(ends)
     columns = [
         pa.array(entities, schema.field(0).type),
-        pa.array(starts, TS),
-        pa.array(ends, TS),
-        pa.array(ends, TS),
-        pa.array([created_us] * len(rows), TS),
-        pa.array([r.pane_timing for r in rows], pa.string()),
-        pa.array([r.pane_index for r in rows], pa.int64()),
+        _ms_to_ts(starts),
+        end_ts,
+        end_ts,
+        pa.array(np.full(len(rows), created_us, dtype=np.int64), TS),
+        pa.array(timings, pa.string()),
+        pa.array(panes, pa.int64()),
     ]
-    for i, kind in enumerate(layout.value_types):
-        columns.append(pa.array([r.features[i] for r in rows], _ARROW_TYPES[kind]))
+    values = list(zip(*features)) if rows else [[] for _ in layout.value_types]
+    for column, kind in zip(values, layout.value_types):
+        columns.append(pa.array(column, _ARROW_TYPES[kind]))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -69,12 +78,12 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
     `to_table` builds the Arrow table (default: feature rows; embeddings bring their own)."""
     to_table = to_table or rows_to_table
     created_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
-    by_date: dict[str, list[FeatureRow]] = defaultdict(list)
+    by_day: dict[int, list[FeatureRow]] = defaultdict(list)
     for row in rows:
-        day = dt.datetime.fromtimestamp(row.window_end_ms / 1000, dt.timezone.utc).date()
-        by_date[day.isoformat()].append(row)
+        by_day[row.window_end_ms // _DAY_MS].append(row)  # UTC days since the epoch
     paths = []
-    for day, day_rows in sorted(by_date.items()):
+    for day_index, day_rows in sorted(by_day.items()):
+        day = (_EPOCH + dt.timedelta(days=day_index)).isoformat()
         directory = FileSystems.join(root, layout.name, f"date={day}")
         if "://" not in root:
             os.makedirs(directory, exist_ok=True)
