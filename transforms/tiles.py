@@ -28,6 +28,7 @@ from transforms.columnar import ColumnarAggregator, ColumnarChunks, columnar_sch
 from transforms.dedup import event_id_of, keep_within_horizon
 from transforms.events import DEAD_LETTER_TAG, BadEvent, Event, ParsePlan, dead_letter
 from transforms.features import FeatureRow
+from transforms.gcpause import gc_paused
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
 from transforms.stores.online import is_current_window, layouts
 
@@ -158,8 +159,9 @@ class _ReadAndPreaggregate(beam.DoFn):
                     table = pa.concat_tables(tables)  # bisected blocks: one group-by, not many
                     counts[0] += table.num_rows
                     counts[1] += table.num_rows
-                    for aggregator, view_tiles in zip(self._aggregators, tiles):
-                        aggregator.aggregate(table, view_tiles)
+                    with gc_paused():
+                        for aggregator, view_tiles in zip(self._aggregators, tiles):
+                            aggregator.aggregate(table, view_tiles)
                 yield from self._event_at_a_time(slow, tiles, counts)
         yield from self._event_at_a_time(raw_events, tiles, counts)
         seen, parsed = counts
@@ -238,6 +240,13 @@ class _AssembleWindows(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, str], Iterable[tuple[int, bytes]]]) -> Iterable[FeatureRow]:
         (view, entity), encoded = element
+        with gc_paused():
+            rows, newest = self._assemble(view, entity, encoded)
+        yield from rows
+        if newest is not None:
+            yield pvalue.TaggedOutput(NEWEST_TAG, newest)
+
+    def _assemble(self, view: str, entity: str, encoded: Iterable[tuple[int, bytes]]) -> tuple[list, Any]:
         fn, tile, size = self._fns[view]
         coder = fn.get_accumulator_coder()
         tiles: dict[int, list] = {}
@@ -246,14 +255,13 @@ class _AssembleWindows(beam.DoFn):
             tiles[start] = fn.merge_accumulators([tiles[start], acc]) if start in tiles else acc
         starts = sorted(tiles)
         layout = self._layouts[view]
-        newest = None
+        rows, newest = [], None
         for end, (max_event_time_ms, *values) in assemble_windows(fn, starts, [tiles[s] for s in starts], tile, size):
             row = FeatureRow(view, entity, end - size, end, "ON_TIME", 0, max_event_time_ms, tuple(values))
             if is_current_window(row, layout):
                 newest = row  # windows come in order of their end
-            yield row
-        if newest is not None:
-            yield pvalue.TaggedOutput(NEWEST_TAG, newest)
+            rows.append(row)
+        return rows, newest
 
 
 class TiledRead(NamedTuple):

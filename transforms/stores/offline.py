@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.features import FeatureRow
+from transforms.gcpause import gc_paused
 from transforms.stores.online import ViewLayout
 
 _ARROW_TYPES = {
@@ -79,8 +80,9 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
     to_table = to_table or rows_to_table
     created_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
     by_day: dict[int, list[FeatureRow]] = defaultdict(list)
-    for row in rows:
-        by_day[row.window_end_ms // _DAY_MS].append(row)  # UTC days since the epoch
+    with gc_paused():
+        for row in rows:
+            by_day[row.window_end_ms // _DAY_MS].append(row)  # UTC days since the epoch
     paths = []
     for day_index, day_rows in sorted(by_day.items()):
         day = (_EPOCH + dt.timedelta(days=day_index)).isoformat()
@@ -90,7 +92,9 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = FileSystems.join(directory, f".{name}.tmp")
         with FileSystems.create(tmp) as handle:
-            pq.write_table(to_table(day_rows, layout, created_us), handle)
+            with gc_paused():
+                table = to_table(day_rows, layout, created_us)
+            pq.write_table(table, handle)
         final = FileSystems.join(directory, name)
         FileSystems.rename([tmp], [final])
         paths.append(final)
