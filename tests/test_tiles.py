@@ -179,10 +179,14 @@ def test_assemble_windows_from_tiles_directly():
                         "event_type": "click"})
     acc = fn.add_input(fn.create_accumulator(), event)
     with beam.Pipeline(options=batch_options()) as p:
-        rows = (p | beam.Create([(("user_5m", "u"), [(120_000, coder.encode(acc))])])
-                | beam.ParDo(tiles._AssembleWindows(spec, [view])))
+        out = (p | beam.Create([(("user_5m", "u"), [(120_000, coder.encode(acc))])])
+               | beam.ParDo(tiles._AssembleWindows(spec, [view])).with_outputs(tiles.NEWEST_TAG, main="rows"))
+        rows = out.rows | beam.FlatMap(lambda batch: batch)  # one list of rows per entity
         assert_that(rows | beam.Map(lambda r: (r.window_start_ms, r.window_end_ms, r.features[0], r.features[1])),
                     equal_to([(e - 300_000, e, 1, 2.0) for e in (180_000, 240_000, 300_000, 360_000, 420_000)]))
+        # the online store's row: the earliest-ending window, the one whose last period holds the event
+        assert_that(out[tiles.NEWEST_TAG] | beam.Map(lambda r: r.window_end_ms), equal_to([180_000]),
+                    label="newest")
 
 
 GARBAGE = [

@@ -27,6 +27,12 @@ class FeatureOutputs(NamedTuple):
     dead_letters: beam.PCollection
 
 
+class TiledOutputs(NamedTuple):
+    row_batches: beam.PCollection  # lists of FeatureRows of one view (all windows)
+    newest_rows: beam.PCollection  # the newest current FeatureRow per (view, entity)
+    dead_letters: beam.PCollection
+
+
 class FeaturePipeline(beam.PTransform):
     """Raw events (JSON bytes/str or dicts) -> feature rows written to the configured stores."""
 
@@ -77,13 +83,9 @@ def write_outputs(
     offline_store: Optional[str],
     dead_letter: Optional[str],
     bounded: bool,
-    newest_rows: Optional[beam.PCollection] = None,
 ) -> FeatureOutputs:
-    """The sinks every feature pipeline ends with. `newest_rows`: the newest current row per
-    (view, entity), where a bounded pipeline knows them already (written instead of `rows`)."""
-    if online_store and newest_rows is not None:
-        newest_rows | "Online store" >> WriteOnline(online_store, spec)
-    elif online_store:
+    """The sinks every feature pipeline ends with."""
+    if online_store:
         rows | "Online store" >> WriteOnline(online_store, spec, latest_only=bounded)
     if offline_store:
         rows | "Offline store" >> WriteOffline(offline_store, spec)
@@ -103,21 +105,28 @@ class TiledFeaturePipeline(beam.PTransform):
         self._paths = paths
         self._sinks = (online_store, offline_store, dead_letter)
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> FeatureOutputs:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> TiledOutputs:
         read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths)
         untiled = [
             read.events | ComputeFeatures(self._spec, view, streaming=False)
             for view in self._spec.feature_views
             if not tileable(view)
         ]
-        rows = [read.rows] + untiled | "Merge views" >> beam.Flatten()
-        newest = [read.newest]
+        batches, newest = [read.row_batches], [read.newest]
         if untiled:
             untiled_rows = untiled | "Merge untiled views" >> beam.Flatten()
+            batches.append(untiled_rows | "Untiled rows as batches" >> beam.Map(lambda row: [row]))
             newest.append(untiled_rows | "Newest untiled rows" >> NewestCurrentRows(layouts(self._spec)))
+        row_batches = batches | "Merge row batches" >> beam.Flatten()
         newest_rows = newest | "Merge newest rows" >> beam.Flatten()
-        return write_outputs(rows, read.dead_letters, self._spec, *self._sinks, bounded=True,
-                             newest_rows=newest_rows)
+        online_store, offline_store, dead_letter = self._sinks
+        if online_store:
+            newest_rows | "Online store" >> WriteOnline(online_store, self._spec)
+        if offline_store:
+            row_batches | "Offline store" >> WriteOffline(offline_store, self._spec)
+        if dead_letter:
+            read.dead_letters | "Dead letters" >> WriteDeadLetters(dead_letter)
+        return TiledOutputs(row_batches, newest_rows, read.dead_letters)
 
 
 class _SkipBlank(beam.DoFn):

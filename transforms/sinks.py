@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -134,9 +134,14 @@ class _WriteOfflineFn(beam.DoFn):
         self._buffer = defaultdict(list)
         self._count = 0
 
-    def process(self, row: FeatureRow) -> None:
-        self._buffer[row.view].append(row)
-        self._count += 1
+    def process(self, element: Union[FeatureRow, list[FeatureRow]]) -> None:
+        if isinstance(element, list):  # a batch of one view's rows
+            if element:
+                self._buffer[element[0].view].extend(element)
+                self._count += len(element)
+        else:
+            self._buffer[element.view].append(element)
+            self._count += 1
         if self._count >= self._max_rows:
             self._flush()
 
@@ -153,7 +158,8 @@ class _WriteOfflineFn(beam.DoFn):
 
 
 class WriteOffline(beam.PTransform):
-    """FeatureRows -> Parquet, one row per emitted pane (every window, every pane)."""
+    """FeatureRows (or lists of one view's FeatureRows) -> Parquet, one row per emitted pane
+    (every window, every pane)."""
 
     def __init__(self, root: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
                  max_rows_per_file: int = 200_000, to_table=None):

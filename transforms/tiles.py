@@ -231,18 +231,19 @@ class _KeptEventsToTiles(beam.DoFn):
 
 
 class _AssembleWindows(beam.DoFn):
-    """All tiles of one (view, entity) -> one ON_TIME FeatureRow per window with events, and
-    (tagged NEWEST_TAG) the entity's newest current window: the one row the online store keeps."""
+    """All tiles of one (view, entity) -> the list of its FeatureRows, one ON_TIME row per window
+    with events (one element per entity: rows go to Parquet in bulk), and (tagged NEWEST_TAG) the
+    entity's newest current window: the one row the online store keeps."""
 
     def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec]):
         self._fns = {v.name: (FeatureViewCombineFn(spec, v), tile_ms(v), v.window.size * 1000) for v in views}
         self._layouts = layouts(spec)
 
-    def process(self, element: tuple[tuple[str, str], Iterable[tuple[int, bytes]]]) -> Iterable[FeatureRow]:
+    def process(self, element: tuple[tuple[str, str], Iterable[tuple[int, bytes]]]) -> Iterable:
         (view, entity), encoded = element
         with gc_paused():
             rows, newest = self._assemble(view, entity, encoded)
-        yield from rows
+        yield rows
         if newest is not None:
             yield pvalue.TaggedOutput(NEWEST_TAG, newest)
 
@@ -265,7 +266,7 @@ class _AssembleWindows(beam.DoFn):
 
 
 class TiledRead(NamedTuple):
-    rows: beam.PCollection  # FeatureRows of the tileable views
+    row_batches: beam.PCollection  # lists of FeatureRows of the tileable views, one per entity
     newest: beam.PCollection  # of those, the newest current window per (view, entity)
     events: beam.PCollection  # parsed Events, for the other views (empty when all are tileable)
     dead_letters: beam.PCollection
