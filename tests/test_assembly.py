@@ -36,7 +36,8 @@ def test_assembled_windows_equal_merged_accumulators(records, per_window):
     accs = [tiles[s] for s in starts]
     before = [merged([acc]) for acc in accs]
     size = TILE * per_window
-    got = dict(assemble_windows(FN, starts, accs, TILE, size))
+    windows = assemble_windows(FN, starts, accs, TILE, size)
+    got = {end: (t, *values) for end, t, values in zip(windows.ends, windows.max_event_times, windows.values)}
 
     ends = {s + TILE * k for s in starts for k in range(1, per_window + 1)}
     assert sorted(got) == sorted(ends)

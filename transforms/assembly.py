@@ -11,7 +11,7 @@ window by their own unions.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -82,12 +82,18 @@ def _window_values(op: _Op, states: list, gather: Gather) -> list:
     return [op.window(states[lo:hi]) for lo, hi in zip(gather.lo.tolist(), gather.hi.tolist())]
 
 
+class Windows(NamedTuple):
+    ends: list[int]  # window ends, ascending
+    max_event_times: list[int]
+    values: Iterator[tuple]  # the features of each window
+
+
 def assemble_windows(fn: FeatureViewCombineFn, starts: list[int], accs: list[list], tile_ms: int,
-                     size_ms: int) -> Iterator[tuple]:
-    """(window end, output) for every window of `size_ms` holding at least one tile, where
-    output equals fn.extract_output(fn.merge_accumulators(the window's tiles)). `starts` is
-    sorted; the tile accumulators are left unchanged."""
+                     size_ms: int) -> Windows:
+    """Every window of `size_ms` holding at least one tile, where (max event time, *values)
+    equals fn.extract_output(fn.merge_accumulators(the window's tiles)). `starts` is sorted;
+    the tile accumulators are left unchanged."""
     gather = Gather(np.array(starts, dtype=np.int64), tile_ms, size_ms)
     times = gather.reduce(np.array([acc[0] for acc in accs], dtype=np.int64), np.maximum, -1)
     columns = [_window_values(op, [acc[i] for acc in accs], gather) for i, op in enumerate(fn._ops, 1)]
-    return zip(gather.ends.tolist(), zip(times.tolist(), *columns))
+    return Windows(gather.ends.tolist(), times.tolist(), zip(*columns))

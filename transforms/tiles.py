@@ -255,13 +255,11 @@ class _AssembleWindows(beam.DoFn):
             acc = coder.decode(data)
             tiles[start] = fn.merge_accumulators([tiles[start], acc]) if start in tiles else acc
         starts = sorted(tiles)
+        ends, times, values = assemble_windows(fn, starts, [tiles[s] for s in starts], tile, size)
+        rows = [FeatureRow(view, entity, end - size, end, "ON_TIME", 0, t, v) for end, t, v in zip(ends, times, values)]
         layout = self._layouts[view]
-        rows, newest = [], None
-        for end, (max_event_time_ms, *values) in assemble_windows(fn, starts, [tiles[s] for s in starts], tile, size):
-            row = FeatureRow(view, entity, end - size, end, "ON_TIME", 0, max_event_time_ms, tuple(values))
-            if is_current_window(row, layout):
-                newest = row  # windows come in order of their end
-            rows.append(row)
+        # windows come in order of their end: the newest current one is the last current one
+        newest = next((row for row in reversed(rows) if is_current_window(row, layout)), None)
         return rows, newest
 
 
