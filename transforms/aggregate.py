@@ -42,16 +42,6 @@ class _Op:
     def extract(self, state: Any) -> Any:
         return state
 
-    def window(self, states: list) -> Any:
-        """extract(the merge of `states`) - one window's tile states, oldest first - leaving
-        the states unchanged (tiles are shared by several sliding windows)."""
-        if len(states) == 1:
-            return self.extract(states[0])
-        merged = self.decode(self.encode(self.create()))
-        for state in states:
-            merged = self.merge(merged, self.decode(self.encode(state)))
-        return self.extract(merged)
-
 
 class _Count(_Op):
     empty = 0
@@ -159,6 +149,7 @@ class _Distinct(_Op):
         return 0 if state is None else int(round(state.get_estimate()))
 
     def window(self, states: list) -> int:
+        """extract(the union of one window's tile sketches), leaving the tiles unchanged."""
         sketches = [s for s in states if s is not None]
         if len(sketches) < 2:
             return self.extract(sketches[0] if sketches else None)
@@ -200,6 +191,7 @@ class _Percentile(_Op):
         return None if state is None else float(state.get_quantile(self.q))
 
     def window(self, states: list) -> Optional[float]:
+        """extract(the merge of one window's tile sketches), leaving the tiles unchanged."""
         sketches = [s for s in states if s is not None]
         if len(sketches) < 2:
             return self.extract(sketches[0] if sketches else None)

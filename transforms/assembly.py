@@ -18,12 +18,14 @@ import numpy as np
 from transforms.aggregate import (
     FeatureViewCombineFn,
     _Count,
+    _Distinct,
     _First,
     _Last,
     _Max,
     _Mean,
     _Min,
     _Op,
+    _Percentile,
     _Sum,
 )
 
@@ -79,6 +81,7 @@ def _window_values(op: _Op, states: list, gather: Gather) -> list:
         rank = {state: r for r, state in enumerate(ordered)}
         ranks = np.array([-1 if s is None else rank[s] for s in states], dtype=np.int64)
         return [None if r < 0 else ordered[r][1] for r in gather.reduce(ranks, np.maximum, -1).tolist()]
+    assert isinstance(op, (_Distinct, _Percentile)), op  # sketches: merged per window
     return [op.window(states[lo:hi]) for lo, hi in zip(gather.lo.tolist(), gather.hi.tolist())]
 
 

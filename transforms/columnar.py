@@ -43,6 +43,11 @@ MIN_BLOCK = 64  # below this many lines a refused block is parsed line by line
 _BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")  # a line bytes.strip() would leave empty
 
 
+def block_lines(block: bytes) -> list[bytes]:
+    """The non-blank lines of a block of JSONL, without line endings."""
+    return [line.rstrip(b"\r") for line in block.split(b"\n") if line.strip()]
+
+
 def _where_type(values: tuple) -> Optional[pa.DataType]:
     if all(isinstance(v, bool) for v in values):
         return pa.bool_()
@@ -85,18 +90,11 @@ class ColumnarChunks:
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         self._exclude: Optional[pa.Array] = None
 
-    def parse(self, lines: list[bytes], exclude_ids: Optional[pa.Array] = None) -> tuple[list[pa.Table], list[bytes]]:
-        """-> (tables of clean rows, lines for the event path). Rows whose id is in
-        `exclude_ids` (known duplicates) also go to the event path."""
-        tables: list[pa.Table] = []
-        slow: list[bytes] = []
-        self._exclude = exclude_ids if exclude_ids is not None and len(exclude_ids) else None
-        self._parse_block(lines, tables, slow)
-        return tables, slow
-
     def parse_block(self, block: bytes, exclude_ids: Optional[pa.Array] = None) -> tuple[list[pa.Table], list[bytes]]:
-        """Like `parse`, for a block of whole JSONL lines: parsed as it is, without splitting it
-        into lines, unless Arrow refuses it or some rows need the event path."""
+        """A block of whole JSONL lines -> (tables of clean rows, lines for the event path).
+        Rows whose id is in `exclude_ids` (known duplicates) also go to the event path. The
+        block is parsed as it is, without splitting it into lines, unless Arrow refuses it or
+        some rows need the event path; then refused lines are isolated by bisection."""
         self._exclude = exclude_ids if exclude_ids is not None and len(exclude_ids) else None
         body = block[:-1] if block.endswith(b"\n") else block
         if _BLANK_LINE.search(b"\n" + body + b"\n") is None:  # else rows could not be matched to lines
@@ -113,7 +111,7 @@ class ColumnarChunks:
                 return [table.filter(good)], [line for line, is_bad in zip(lines, bad) if is_bad]
         tables: list[pa.Table] = []
         slow: list[bytes] = []
-        self._parse_block([line.rstrip(b"\r") for line in block.split(b"\n") if line.strip()], tables, slow)
+        self._parse_block(block_lines(block), tables, slow)
         return tables, slow
 
     def _read(self, data: bytes) -> pa.Table:

@@ -71,27 +71,29 @@ class FeaturePipeline(beam.PTransform):
             per_view.append(view_events | ComputeFeatures(self._spec, view, self._streaming))
         rows = per_view | "Merge views" >> beam.Flatten()
         all_dead = dead_letters | "Merge dead letters" >> beam.Flatten() if len(dead_letters) > 1 else dead_letters[0]
-        return write_outputs(rows, all_dead, self._spec, self._online, self._offline, self._dead_letter,
-                             bounded=not self._streaming)
+        write_outputs(rows, rows, all_dead, self._spec, self._online, self._offline, self._dead_letter,
+                      latest_only=not self._streaming)
+        return FeatureOutputs(rows, all_dead)
 
 
 def write_outputs(
-    rows: beam.PCollection,
+    online_rows: beam.PCollection,
+    offline_rows: beam.PCollection,
     dead_letters: beam.PCollection,
     spec: FeatureSpecFile,
     online_store: Optional[str],
     offline_store: Optional[str],
     dead_letter: Optional[str],
-    bounded: bool,
-) -> FeatureOutputs:
-    """The sinks every feature pipeline ends with."""
+    latest_only: bool = False,
+) -> None:
+    """The sinks every feature pipeline ends with. `offline_rows` may be FeatureRows or lists of
+    them; `latest_only` (bounded runs) reduces `online_rows` to the newest per entity first."""
     if online_store:
-        rows | "Online store" >> WriteOnline(online_store, spec, latest_only=bounded)
+        online_rows | "Online store" >> WriteOnline(online_store, spec, latest_only=latest_only)
     if offline_store:
-        rows | "Offline store" >> WriteOffline(offline_store, spec)
+        offline_rows | "Offline store" >> WriteOffline(offline_store, spec)
     if dead_letter:
         dead_letters | "Dead letters" >> WriteDeadLetters(dead_letter)
-    return FeatureOutputs(rows, dead_letters)
 
 
 class TiledFeaturePipeline(beam.PTransform):
@@ -119,13 +121,7 @@ class TiledFeaturePipeline(beam.PTransform):
             newest.append(untiled_rows | "Newest untiled rows" >> NewestCurrentRows(layouts(self._spec)))
         row_batches = batches | "Merge row batches" >> beam.Flatten()
         newest_rows = newest | "Merge newest rows" >> beam.Flatten()
-        online_store, offline_store, dead_letter = self._sinks
-        if online_store:
-            newest_rows | "Online store" >> WriteOnline(online_store, self._spec)
-        if offline_store:
-            row_batches | "Offline store" >> WriteOffline(offline_store, self._spec)
-        if dead_letter:
-            read.dead_letters | "Dead letters" >> WriteDeadLetters(dead_letter)
+        write_outputs(newest_rows, row_batches, read.dead_letters, self._spec, *self._sinks)
         return TiledOutputs(row_batches, newest_rows, read.dead_letters)
 
 

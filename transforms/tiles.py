@@ -24,7 +24,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from transforms.aggregate import FeatureViewCombineFn
 from transforms.assembly import assemble_windows
-from transforms.columnar import ColumnarAggregator, ColumnarChunks, columnar_schema
+from transforms.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
 from transforms.dedup import event_id_of, keep_within_horizon
 from transforms.events import DEAD_LETTER_TAG, BadEvent, Event, ParsePlan, dead_letter
 from transforms.features import FeatureRow
@@ -97,11 +97,6 @@ def read_blocks(file_range: FileRange, block_bytes: int = BLOCK_BYTES) -> Iterat
             carry = block[cut:]
             if cut:
                 yield block[:cut]
-
-
-def block_lines(block: bytes) -> list[bytes]:
-    """The non-blank lines of a block, without line endings."""
-    return [line.rstrip(b"\r") for line in block.split(b"\n") if line.strip()]
 
 
 def read_range(file_range: FileRange) -> Iterator[Any]:
