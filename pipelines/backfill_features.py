@@ -26,6 +26,7 @@ from pipelines.common import (
     run_main,
 )
 from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, TiledFeaturePipeline, matching_files
+from transforms.sinks import RunCommit
 from transforms.spec import load_spec
 
 _LOG = logging.getLogger(__name__)
@@ -46,10 +47,12 @@ OPTIONS = (EventFileOptions, FeatureStoreOptions, BackfillOptions)
 
 def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, preaggregate: bool) -> None:
     spec = load_spec(stores.feature_spec)
+    paths = matching_files(events)
+    # re-running over the same input files replaces that run's offline and dead-letter files
     sinks = dict(online_store=stores.online_store, offline_store=stores.offline_store,
-                 dead_letter=stores.dead_letter)
+                 dead_letter=stores.dead_letter, commit=RunCommit.for_inputs(paths))
     if preaggregate:
-        pipeline | "Features" >> TiledFeaturePipeline(spec, matching_files(events), **sinks)
+        pipeline | "Features" >> TiledFeaturePipeline(spec, paths, **sinks)
     else:
         (
             pipeline

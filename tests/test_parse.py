@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import batch_options
 from helpers import T0, make_spec, view
-from transforms.events import BadEvent, Event, ParseEvents, ParsePlan
+from transforms.events import BadEvent, Event, ParseEvents, ParsePlan, payload_bytes
 
 FEATURES = [
     {"name": "n", "agg": "count", "where": {"event_type": "click"}},
@@ -52,15 +52,15 @@ def test_timestamps_epoch_ms_or_rfc3339(value, millis):
     (b'{"ts": "2026-01-01T00:00:00", "user_id": "u"}', "bad_timestamp", "needs a time zone"),
     (b'{"ts": true, "user_id": "u"}', "bad_timestamp", "must be epoch milliseconds"),
     (b'{"ts": 1.5, "user_id": "u"}', "bad_timestamp", "must be epoch milliseconds"),
-    (b'{"ts": -5, "user_id": "u"}', "bad_timestamp", "out of range"),
-    (b'{"ts": 99999999999999999, "user_id": "u"}', "bad_timestamp", "out of range"),
+    (b'{"ts": -5, "user_id": "u"}', "timestamp_out_of_range", "out of range"),
+    (b'{"ts": 99999999999999999, "user_id": "u"}', "timestamp_out_of_range", "out of range"),
     (b'{"ts": 1767225600000}', "missing_entity_key", "user_id: missing entity key"),
     (b'{"ts": 1767225600000, "user_id": ""}', "missing_entity_key", "user_id: missing entity key"),
     (b'{"ts": 1767225600000, "user_id": 5}', "bad_type", "entity key must be a string"),
     (b'{"ts": 1767225600000, "user_id": "u", "amount": "12 EUR"}', "bad_type", "amount: must be a number"),
     (b'{"ts": 1767225600000, "user_id": "u", "amount": true}', "bad_type", "amount: must be a number"),
-    (b'{"ts": 1767225600000, "user_id": "u", "amount": 1e999}', "bad_type", "amount: must be finite"),
-    (b'{"ts": 1767225600000, "user_id": "u", "amount": ' + b"9" * 400 + b"}", "bad_type", "out of range"),
+    (b'{"ts": 1767225600000, "user_id": "u", "amount": 1e999}', "invalid_json", "infinity when parsed as double"),
+    (b'{"ts": 1767225600000, "user_id": "u", "amount": ' + b"9" * 400 + b"}", "invalid_json", "infinity"),
     (b'{"ts": 1767225600000, "user_id": "u", "item": 5}', "bad_type", "item: must be a string"),
     (b'{"ts": 1767225600000, "user_id": "u", "sku": {"a": 1}}', "bad_type", "sku: must be a string, number"),
     (b'{"ts": 1767225600000, "user_id": "u", "id": [1]}', "bad_type", "id: must be a string or integer"),
@@ -93,12 +93,12 @@ def test_pipeline_reconciles_events_in_with_parsed_plus_dead_letters():
         assert_that(out.events | "count events" >> beam.combiners.Count.Globally(), equal_to([50]),
                     label="parsed")
         assert_that(
-            out.dead_letter | beam.Map(lambda d: (d.payload, d.reason, d.stage)),
+            out.dead_letter | beam.Map(lambda d: (d.payload, d.encoding, d.reason, d.stage, payload_bytes(d))),
             equal_to([
-                ("{", "invalid_json", "parse"),
-                ('{"user_id": "u"}', "missing_timestamp", "parse"),
-                ("\\xff", "invalid_json", "parse"),
-                ('{"ts": 1, "user_id": "u", "amount": "x"}', "bad_type", "parse"),
+                ("{", "utf-8", "invalid_json", "parse", b"{"),
+                ('{"user_id": "u"}', "utf-8", "missing_timestamp", "parse", b'{"user_id": "u"}'),
+                ("/w==", "base64", "invalid_json", "parse", b"\xff"),  # not UTF-8: kept exactly, as base64
+                ('{"ts": 1, "user_id": "u", "amount": "x"}', "utf-8", "bad_type", "parse", bad[3]),
             ]),
             label="dead letters",
         )

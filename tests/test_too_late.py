@@ -43,8 +43,10 @@ def test_too_late_events_become_dead_letters_and_late_ones_late_panes():
             label="panes",
         )
         assert_that(
-            out.dead_letters | "letters" >> beam.Map(lambda d: (d.reason, d.stage, json.loads(d.payload)["event_time_ms"])),
-            equal_to([("too_late", "window:v", ms(30))]),
+            out.dead_letters | "letters" >> beam.Map(
+                lambda d: (d.reason, d.stage, d.event_time_ms, tuple(d.views), d.encoding, d.payload)),
+            # the record as received, once, with the views it came too late for
+            equal_to([("too_late", "window", ms(30), ("v",), "utf-8", line(30, 8.0).decode())]),
             label="too late",
         )
     assert stats.late_on_arrival == 2

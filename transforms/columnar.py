@@ -35,7 +35,7 @@ from transforms.aggregate import (
     _Percentile,
     _Sum,
 )
-from transforms.events import MAX_EPOCH_MS, ParsePlan
+from transforms.events import MAX_DEPTH, ParsePlan
 from transforms.spec import FeatureViewSpec
 
 TILE = "__tile"
@@ -46,6 +46,44 @@ _BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")  # a line bytes.strip() would
 def block_lines(block: bytes) -> list[bytes]:
     """The non-blank lines of a block of JSONL, without line endings."""
     return [line.rstrip(b"\r") for line in block.split(b"\n") if line.strip()]
+
+
+# Lines where Arrow's JSON reader is more lenient than the parser (decode_json): it takes NaN and
+# Infinity, invalid UTF-8 in fields it skips, a byte-order mark, and any depth of nesting. They
+# take the event path, so both paths give every line the same verdict.
+_LENIENT = (b"NaN", b"Infinity", b"\xef\xbb\xbf")
+
+
+def _deep(line: bytes) -> bool:
+    return len(line) > MAX_DEPTH and line.count(b"[") + line.count(b"{") > MAX_DEPTH
+
+
+def _utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")  # strict: also refuses encoded surrogates
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def screen_block(block: bytes) -> tuple[bytes, list[bytes]]:
+    """(the block without the lines Arrow would judge differently from the parser, those lines)."""
+    suspicious = any(token in block for token in _LENIENT) or not _utf8(block)
+    if not suspicious and len(block) > MAX_DEPTH:
+        breaks = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+        spans = np.diff(breaks, prepend=-1, append=len(block))
+        suspicious = bool(spans.max() > MAX_DEPTH)
+    if not suspicious:
+        return block, []
+    clean, slow = [], []
+    for line in block_lines(block):
+        if any(token in line for token in _LENIENT) or _deep(line) or not _utf8(line):
+            slow.append(line)
+        else:
+            clean.append(line)
+    return (b"\n".join(clean) + b"\n" if clean else b""), slow
 
 
 def _where_type(values: tuple) -> Optional[pa.DataType]:
@@ -96,6 +134,13 @@ class ColumnarChunks:
         block is parsed as it is, without splitting it into lines, unless Arrow refuses it or
         some rows need the event path; then refused lines are isolated by bisection."""
         self._exclude = exclude_ids if exclude_ids is not None and len(exclude_ids) else None
+        block, lenient = screen_block(block)
+        tables, slow = self._parse_screened(block)
+        return tables, lenient + slow
+
+    def _parse_screened(self, block: bytes) -> tuple[list[pa.Table], list[bytes]]:
+        if not block:
+            return [], []
         body = block[:-1] if block.endswith(b"\n") else block
         if _BLANK_LINE.search(b"\n" + body + b"\n") is None:  # else rows could not be matched to lines
             try:
@@ -142,7 +187,7 @@ class ColumnarChunks:
     def _valid_rows(self, table: pa.Table) -> pa.ChunkedArray:
         plan = self._plan
         ts = table[plan.timestamp_field]
-        good = pc.and_kleene(pc.greater_equal(ts, 0), pc.less_equal(ts, MAX_EPOCH_MS))
+        good = pc.and_kleene(pc.greater_equal(ts, 0), pc.less_equal(ts, plan.max_event_ms))
         for _, key, dtype in plan.entities:
             column = table[key]
             present = pc.is_valid(column) if dtype == "int64" else pc.not_equal(column, "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 import apache_beam as beam
-import orjson
 from apache_beam.coders import BooleanCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate
@@ -20,7 +19,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
-from transforms.events import Event
+from transforms.events import BadEvent, Event, decode_json, event_timestamp
 
 
 class _DropSeenIds(beam.DoFn):
@@ -60,7 +59,7 @@ class _KeepWithinHorizon(beam.DoFn):
         kept = keep_within_horizon(copies, self._horizon_ms)
         self._removed.inc(len(copies) - len(kept))
         for event in kept:
-            yield TimestampedValue(event, event.event_time_ms / 1000.0)
+            yield TimestampedValue(event, event_timestamp(event))
 
 
 class DropDuplicateEvents(beam.PTransform):
@@ -102,10 +101,11 @@ def keep_within_horizon(events: Iterable[Event], horizon_ms: int) -> list[Event]
 
 
 def event_id_of(raw: Any, id_field: str) -> Optional[str]:
-    """The id of a raw event for the pre-pass; None for anything the parser will dead-letter."""
+    """The id of a raw event for the pre-pass, decoded exactly as the parser decodes it; None
+    for anything the parser refuses before it reads the id."""
     try:
-        record = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
-    except orjson.JSONDecodeError:
+        record = decode_json(raw) if isinstance(raw, (bytes, str)) else raw
+    except BadEvent:
         return None
     if not isinstance(record, dict):
         return None

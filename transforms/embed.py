@@ -41,6 +41,7 @@ from transforms.events import (
     ParsePlan,
     dead_letter,
     decode_json,
+    refuse,
 )
 from transforms.features import FeatureRow
 from transforms.spec import EmbeddingSpec, FeatureSpecFile
@@ -408,19 +409,11 @@ class _ParseTextFn(beam.DoFn):
         self._dead = Metrics.counter(NAMESPACE, "parse_dead_lettered")
 
     def process(self, raw: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable:
-        try:
-            element_ms = timestamp.micros // 1000 if self._from_element else None
-            record = parse_text_event(raw, self._plan, self._field, element_ms)
-        except BadEvent as err:
+        element_ms = timestamp.micros // 1000 if self._from_element else None
+        record, letter = refuse(raw, parse_text_event, self._plan, self._field, element_ms)
+        if letter is not None:
             self._dead.inc()
-            Metrics.counter(NAMESPACE, f"parse_dead_letter_{err.reason}").inc()
-            yield pvalue.TaggedOutput(
-                DEAD_LETTER_TAG, dead_letter(raw, err.reason, str(err), "parse"))
-            return
-        except Exception as err:  # a bug of ours must not kill the bundle or lose the event
-            self._dead.inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                raw, "internal_error", f"{type(err).__name__}: {err}", "parse"))
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
             return
         self._parsed.inc()
         yield record

@@ -7,12 +7,13 @@ dicts. Every way an event can fail becomes a `DeadLetter` with a reason and a co
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import orjson
@@ -20,8 +21,10 @@ from apache_beam import pvalue
 from apache_beam.coders import RowCoder, registry
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
-from transforms.spec import FeatureSpecFile
+from transforms.spec import FeatureSpecFile, FeatureViewSpec
+from transforms.windowing import too_late_views
 
 DEAD_LETTER_TAG = "dead_letter"
 MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
@@ -41,13 +44,21 @@ class Event(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
-    """A record the pipeline refused, with why and where."""
+    """A record the pipeline refused, with why and where.
+
+    `payload` is the record as received: its text when it was UTF-8 (`encoding` "utf-8"), base64
+    of its bytes otherwise ("base64"), or JSON for records that arrived as objects (Parquet rows:
+    "json"), so every dead letter can be decoded and re-ingested exactly (`payload_bytes`).
+    """
 
     payload: str
-    reason: str  # short code: invalid_json, bad_timestamp, missing_entity_key, bad_type, ...
+    reason: str  # short code: invalid_json, bad_timestamp, missing_entity_key, bad_type, too_late, ...
     error: str  # human-readable detail
     stage: str  # parse | window | online_store | ...
     time: str  # RFC 3339, when it was dead-lettered
+    encoding: str = "utf-8"  # of payload: utf-8 | base64 | json
+    event_time_ms: Optional[int] = None  # when the record was parsed far enough to know it
+    views: Optional[Sequence[str]] = None  # too_late: the views it came too late for
 
 
 registry.register_coder(Event, RowCoder)
@@ -64,19 +75,48 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def dead_letter(payload: Any, reason: str, error: str, stage: str) -> DeadLetter:
-    return DeadLetter(_payload_text(payload), reason, error, stage, now_rfc3339())
+def dead_letter(payload: Any, reason: str, error: str, stage: str, event_time_ms: Optional[int] = None,
+                views: Optional[Sequence[str]] = None) -> DeadLetter:
+    text, encoding = _payload_text(payload)
+    return DeadLetter(text, reason, _printable(error), stage, now_rfc3339(), encoding, event_time_ms,
+                      list(views) if views is not None else None)
 
 
-def _payload_text(payload: Any) -> str:
+def _payload_text(payload: Any) -> tuple[str, str]:
     if isinstance(payload, bytes):
-        return payload.decode("utf-8", errors="backslashreplace")
+        try:
+            return payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(payload).decode("ascii"), "base64"
     if isinstance(payload, str):
-        return payload
+        if _encodable(payload):
+            return payload, "utf-8"
+        return base64.b64encode(payload.encode("utf-8", "surrogatepass")).decode("ascii"), "base64"
     try:
-        return json.dumps(payload, default=str, allow_nan=True)
-    except (TypeError, ValueError):
-        return repr(payload)
+        return _printable(json.dumps(payload, default=str, allow_nan=True)), "json"
+    except (TypeError, ValueError, RecursionError):
+        return _printable(repr(payload)), "json"
+
+
+def payload_bytes(letter: dict | DeadLetter) -> bytes:
+    """A dead letter's payload as the bytes that were received (JSON text for object records)."""
+    fields = letter._asdict() if isinstance(letter, DeadLetter) else letter
+    if fields.get("encoding") == "base64":
+        return base64.b64decode(fields["payload"])
+    return fields["payload"].encode("utf-8")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def _printable(text: str) -> str:
+    """Error texts quote values; a lone surrogate in them must not break the dead-letter writer."""
+    return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -95,6 +135,9 @@ class ParsePlan:
     num_fields: tuple[str, ...]
     str_fields: tuple[StrField, ...]
     where_clauses: tuple[tuple[tuple[str, tuple], ...], ...]  # ((field, allowed values), ...)
+    # The latest event time accepted: every window of the event, plus allowed lateness, must
+    # end by 9999-12-31 (offline date partitions, Feast timestamps, Beam's window maths).
+    max_event_ms: int = MAX_EPOCH_MS
 
     @classmethod
     def from_spec(cls, spec: FeatureSpecFile) -> "ParsePlan":
@@ -124,6 +167,7 @@ class ParsePlan:
             num_fields=tuple(nums),
             str_fields=tuple(strs),
             where_clauses=tuple(wheres),
+            max_event_ms=MAX_EPOCH_MS - max((_extent_ms(v) for v in spec.feature_views), default=0),
         )
 
     def entity_index(self, entity: str) -> int:
@@ -149,9 +193,10 @@ class ParsePlan:
         if not isinstance(record, dict):
             raise BadEvent("not_an_object", f"an event must be a JSON object (got {type(record).__name__})")
         if element_time_ms is None:
-            event_time_ms = parse_timestamp(record.get(self.timestamp_field), self.timestamp_field)
+            event_time_ms = parse_timestamp(record.get(self.timestamp_field), self.timestamp_field,
+                                            self.max_event_ms)
         else:
-            event_time_ms = element_time_ms
+            event_time_ms = parse_timestamp(element_time_ms, "event time", self.max_event_ms)
         keys = [_entity_key(record.get(key), key, dtype) for _, key, dtype in self.entities]
         nums = [_number(record.get(name), name) for name in self.num_fields]
         strs = [_string(record.get(f.name), f.name, f.mode) for f in self.str_fields]
@@ -169,31 +214,40 @@ class ParsePlan:
         return Event(event_time_ms, event_id, keys, nums, strs, matches)
 
 
+def _extent_ms(view: Any) -> int:
+    """How far after an event its windows can end, allowed lateness included."""
+    window = view.window
+    reach = getattr(window, "size", None) or getattr(window, "gap", 0)
+    return (reach + view.allowed_lateness) * 1000
+
+
 def where_key(where: dict) -> tuple:
     return tuple(
         sorted((field, tuple(v) if isinstance(v, list) else (v,)) for field, v in where.items())
     )
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+_BOM = b"\xef\xbb\xbf"
+MAX_DEPTH = 1024  # orjson's nesting limit: deeper documents are refused on every path
 
 
 def decode_json(raw: bytes | str) -> Any:
+    """The one JSON decision for every reader: what orjson accepts (strict RFC 8259: no NaN or
+    Infinity, valid UTF-8 and Unicode, no lone surrogate escapes, numbers within double range,
+    nesting up to 1024), after one leading UTF-8 byte-order mark is dropped."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")  # a lone surrogate stays and is refused below
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError as first:
-        # orjson refuses integers beyond 64 bits; the standard library does not. NaN and
-        # Infinity are refused by both (they are not JSON).
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-            return json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise BadEvent("invalid_json", f"invalid JSON: {first}") from None
+    except orjson.JSONDecodeError as err:
+        raise BadEvent("invalid_json", f"invalid JSON: {err}") from None
 
 
-def parse_timestamp(value: Any, field: str) -> int:
-    """Epoch milliseconds (int) or an RFC 3339 string with a time zone -> epoch ms."""
+def parse_timestamp(value: Any, field: str, max_ms: int = MAX_EPOCH_MS) -> int:
+    """Epoch milliseconds (int) or an RFC 3339 string with a time zone -> epoch ms, within
+    [0, max_ms] (the plan's bound: every window of the event ends by year 9999)."""
     if value is None:
         raise BadEvent("missing_timestamp", f"{field}: missing event timestamp")
     if isinstance(value, bool):
@@ -209,14 +263,26 @@ def parse_timestamp(value: Any, field: str) -> int:
             raise BadEvent("bad_timestamp", f"{field}: not an RFC 3339 timestamp (got {value!r})") from None
         if parsed.tzinfo is None:
             raise BadEvent("bad_timestamp", f"{field}: RFC 3339 timestamp needs a time zone (got {value!r})")
-        millis = _datetime_ms(parsed)
+        try:
+            millis = _datetime_ms(parsed)
+        except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+            raise BadEvent("timestamp_out_of_range", f"{field}: out of range (got {value!r})") from None
     elif isinstance(value, dt.datetime):  # Parquet timestamp columns; naive means UTC there
         millis = _datetime_ms(value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
     else:
         raise BadEvent("bad_timestamp", f"{field}: must be epoch milliseconds or RFC 3339 (got {value!r})")
-    if not 0 <= millis <= MAX_EPOCH_MS:
-        raise BadEvent("bad_timestamp", f"{field}: out of range 1970..9999 (got {value!r})")
+    if not 0 <= millis <= max_ms:
+        raise BadEvent(
+            "timestamp_out_of_range",
+            f"{field}: out of range 1970-01-01 .. {_ms_text(max_ms)} (got {value!r}); later events "
+            "would have windows ending after year 9999",
+        )
     return millis
+
+
+def _ms_text(millis: int) -> str:
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=millis)).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _datetime_ms(value: dt.datetime) -> int:
@@ -277,14 +343,37 @@ def _equals_any(value: Any, allowed: tuple) -> bool:
     return False
 
 
+def refuse(raw: Any, parse: Callable[..., Any], *args: Any) -> tuple[Any, Optional[DeadLetter]]:
+    """(parse(raw, *args), None), or (None, a dead letter holding raw) for every reader: a
+    BadEvent keeps its reason; anything else is a bug of ours, which must not kill the bundle
+    (a streaming engine would retry it forever) or lose the event: reason internal_error."""
+    try:
+        return parse(raw, *args), None
+    except BadEvent as err:
+        Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
+        return None, dead_letter(raw, err.reason, str(err), "parse")
+    except Exception as err:
+        Metrics.counter("parse", "dead_letter_internal_error").inc()
+        return None, dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse")
+
+
+def event_timestamp(event: Event) -> Timestamp:
+    """An event's time as a Beam timestamp, in integer micros (float seconds can round away)."""
+    return Timestamp(micros=event.event_time_ms * 1000)
+
+
 class _ParseFn(beam.DoFn):
-    def __init__(self, plan: ParsePlan, timestamp_from_element: bool, clock: Optional[str]):
+    def __init__(self, plan: ParsePlan, timestamp_from_element: bool, clock: Optional[str],
+                 views: Sequence[FeatureViewSpec] = ()):
         self._plan = plan
         self._from_element = timestamp_from_element
         self._clock = clock
+        self._views = tuple(views)
         self._events_in = Metrics.counter("parse", "events_in")
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
+        self._too_late = Metrics.counter("parse", "too_late_events")
+        self._too_late_all = Metrics.counter("parse", "too_late_for_every_view")
 
     def process(self, raw: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable:
         self._events_in.inc()
@@ -293,25 +382,29 @@ class _ParseFn(beam.DoFn):
             raw, arrival_ms = raw
         elif self._clock == "wall":
             arrival_ms = int(time.time() * 1000)
-        try:
-            event = self._plan.parse(raw, timestamp.micros // 1000 if self._from_element else None)
-            if arrival_ms is not None:
-                event = event._replace(arrival_ms=arrival_ms)
-        except BadEvent as err:
+        event, letter = refuse(raw, self._plan.parse, timestamp.micros // 1000 if self._from_element else None)
+        if letter is not None:
             self._dead.inc()
-            Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(raw, err.reason, str(err), "parse"))
-            return
-        except Exception as err:  # a bug of ours must not kill the bundle or lose the event
-            self._dead.inc()
-            Metrics.counter("parse", "dead_letter_internal_error").inc()
-            yield pvalue.TaggedOutput(
-                DEAD_LETTER_TAG,
-                dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse"),
-            )
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
             return
         self._parsed.inc()
-        yield TimestampedValue(event, event.event_time_ms / 1000.0)
+        if arrival_ms is not None:
+            event = event._replace(arrival_ms=arrival_ms)
+            late = too_late_views(self._views, event.event_time_ms, arrival_ms)
+            if late:
+                # one dead letter per event, with the record as received; each view's guard
+                # then drops it where it is too late (GuardLateness)
+                self._too_late.inc()
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                    raw, "too_late",
+                    f"every window of this event (end + allowed_lateness) closed before it arrived, "
+                    f"for view(s) {', '.join(late)} (event time {_ms_text(event.event_time_ms)}, "
+                    f"pipeline clock {_ms_text(max(arrival_ms, 0))})",
+                    "window", event.event_time_ms, late))
+                if len(late) == len(self._views):
+                    self._too_late_all.inc()
+                    return
+        yield TimestampedValue(event, event_timestamp(event))
 
 
 class ParseEvents(beam.PTransform):
@@ -330,7 +423,9 @@ class ParseEvents(beam.PTransform):
         self._plan = ParsePlan.from_spec(spec)
         self._from_element = timestamp_from_element
         self._clock = clock
+        self._views = tuple(spec.feature_views)
 
     def expand(self, raw: beam.PCollection) -> pvalue.DoOutputsTuple:
-        parse = beam.ParDo(_ParseFn(self._plan, self._from_element, self._clock)).with_output_types(Event)
+        views = self._views if self._clock is not None else ()
+        parse = beam.ParDo(_ParseFn(self._plan, self._from_element, self._clock, views)).with_output_types(Event)
         return raw | "Parse" >> parse.with_outputs(DEAD_LETTER_TAG, main="events")

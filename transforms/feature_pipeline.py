@@ -15,10 +15,10 @@ from apache_beam.metrics import Metrics
 from transforms.dedup import DropDuplicateEvents
 from transforms.events import DEAD_LETTER_TAG, ParseEvents
 from transforms.features import ComputeFeatures
-from transforms.sinks import NewestCurrentRows, WriteDeadLetters, WriteOffline, WriteOnline
+from transforms.sinks import NewestCurrentRows, RunCommit, WriteDeadLetters, WriteOffline, WriteOnline
 from transforms.spec import FeatureSpecFile
 from transforms.stores.online import layouts
-from transforms.tiles import TiledBackfill, tileable
+from transforms.tiles import TiledBackfill, is_parquet, tileable
 from transforms.windowing import GuardLateness
 
 
@@ -45,8 +45,10 @@ class FeaturePipeline(beam.PTransform):
         dead_letter: Optional[str] = None,
         timestamp_from_element: bool = False,
         clock: Optional[str] = None,
+        commit: Optional[RunCommit] = None,
     ):
         super().__init__()
+        self._commit = commit
         self._from_element = timestamp_from_element
         self._clock = clock
         self._spec = spec
@@ -65,14 +67,12 @@ class FeaturePipeline(beam.PTransform):
         for view in self._spec.feature_views:
             view_events = events
             if self._clock is not None:
-                guarded = events | GuardLateness(view)
-                view_events = guarded.events
-                dead_letters.append(guarded[DEAD_LETTER_TAG])
+                view_events = events | GuardLateness(view)
             per_view.append(view_events | ComputeFeatures(self._spec, view, self._streaming))
         rows = per_view | "Merge views" >> beam.Flatten()
         all_dead = dead_letters | "Merge dead letters" >> beam.Flatten() if len(dead_letters) > 1 else dead_letters[0]
         write_outputs(rows, rows, all_dead, self._spec, self._online, self._offline, self._dead_letter,
-                      latest_only=not self._streaming)
+                      latest_only=not self._streaming, commit=self._commit)
         return FeatureOutputs(rows, all_dead)
 
 
@@ -85,15 +85,17 @@ def write_outputs(
     offline_store: Optional[str],
     dead_letter: Optional[str],
     latest_only: bool = False,
+    commit: Optional[RunCommit] = None,
 ) -> None:
     """The sinks every feature pipeline ends with. `offline_rows` may be FeatureRows or lists of
-    them; `latest_only` (bounded runs) reduces `online_rows` to the newest per entity first."""
+    them; `latest_only` (bounded runs) reduces `online_rows` to the newest per entity first;
+    `commit` (bounded runs) makes the offline and dead-letter files replace an earlier run's."""
     if online_store:
         online_rows | "Online store" >> WriteOnline(online_store, spec, latest_only=latest_only)
     if offline_store:
-        offline_rows | "Offline store" >> WriteOffline(offline_store, spec)
+        offline_rows | "Offline store" >> WriteOffline(offline_store, spec, commit=commit)
     if dead_letter:
-        dead_letters | "Dead letters" >> WriteDeadLetters(dead_letter)
+        dead_letters | "Dead letters" >> WriteDeadLetters(dead_letter, commit=commit)
 
 
 class TiledFeaturePipeline(beam.PTransform):
@@ -101,11 +103,13 @@ class TiledFeaturePipeline(beam.PTransform):
     (transforms/tiles.py); session views, which cannot be tiled, take the event path."""
 
     def __init__(self, spec: FeatureSpecFile, paths: list[str], online_store: Optional[str] = None,
-                 offline_store: Optional[str] = None, dead_letter: Optional[str] = None):
+                 offline_store: Optional[str] = None, dead_letter: Optional[str] = None,
+                 commit: Optional[RunCommit] = None):
         super().__init__()
         self._spec = spec
         self._paths = paths
         self._sinks = (online_store, offline_store, dead_letter)
+        self._commit = commit
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> TiledOutputs:
         read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths)
@@ -121,7 +125,7 @@ class TiledFeaturePipeline(beam.PTransform):
             newest.append(untiled_rows | "Newest untiled rows" >> NewestCurrentRows(layouts(self._spec)))
         row_batches = batches | "Merge row batches" >> beam.Flatten()
         newest_rows = newest | "Merge newest rows" >> beam.Flatten()
-        write_outputs(newest_rows, row_batches, read.dead_letters, self._spec, *self._sinks)
+        write_outputs(newest_rows, row_batches, read.dead_letters, self._spec, *self._sinks, commit=self._commit)
         return TiledOutputs(row_batches, newest_rows, read.dead_letters)
 
 
@@ -137,21 +141,30 @@ class _SkipBlank(beam.DoFn):
 
 
 class ReadEventFiles(beam.PTransform):
-    """JSONL (optionally compressed) or Parquet files matching a glob -> raw events."""
+    """JSONL (optionally compressed) or Parquet files matching a glob -> raw events. Each file
+    is read by its own format (a glob may match both)."""
 
     def __init__(self, pattern: str):
         super().__init__()
         self._pattern = pattern
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        if self._pattern.endswith(".parquet"):
-            return pbegin | "Read Parquet" >> beam.io.ReadFromParquet(self._pattern)
-        return (
-            pbegin
-            # Bytes, not str: a line that is not UTF-8 must become a dead letter, not a crash.
-            | "Read JSONL" >> beam.io.ReadFromText(self._pattern, coder=beam.coders.BytesCoder())
-            | "Skip blank lines" >> beam.ParDo(_SkipBlank())
-        )
+        paths = matching_files(self._pattern)
+        parquet = [p for p in paths if is_parquet(p)]
+        text = [p for p in paths if not is_parquet(p)]
+        parts = []
+        if parquet:
+            parts.append(pbegin | "Parquet files" >> beam.Create(parquet)
+                         | "Read Parquet" >> beam.io.ReadAllFromParquet())
+        if text or not parts:
+            parts.append(
+                pbegin
+                | "JSONL files" >> beam.Create(text)
+                # Bytes, not str: a line that is not UTF-8 must become a dead letter, not a crash.
+                | "Read JSONL" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
+                | "Skip blank lines" >> beam.ParDo(_SkipBlank())
+            )
+        return parts[0] if len(parts) == 1 else parts | "Both formats" >> beam.Flatten()
 
 
 def matching_files(pattern: str) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.events import BadEvent, ParsePlan, decode_json, parse_timestamp
 
@@ -56,8 +57,8 @@ def build_replay(
         if watermark is None or target > watermark:
             if watermark is not None:
                 # processing time follows event time, so early firings keep their rhythm
-                stream.advance_processing_time((target - watermark) / 1000)
-            stream.advance_watermark_to(target / 1000)
+                stream.advance_processing_time(Duration(micros=(target - watermark) * 1000))
+            stream.advance_watermark_to(Timestamp(micros=target * 1000))
             watermark = target
             stats.last_watermark_ms = target
 

@@ -6,13 +6,14 @@ written in batches (one round trip per batch), flushed at the latest in `finish_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
 import uuid
 from collections import defaultdict
-from typing import Iterable, Optional, Union
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -120,11 +121,17 @@ class WriteOnline(beam.PTransform):
 
 
 class _WriteOfflineFn(beam.DoFn):
-    def __init__(self, root: str, views: dict[str, ViewLayout], max_rows: int, to_table=None):
+    """Buffers rows per bundle and writes one Parquet file per view and date partition. With a
+    `commit` (bounded runs), files are written under the staging directory and their
+    (final, staged) paths are emitted for CommitFiles."""
+
+    def __init__(self, root: str, views: dict[str, ViewLayout], max_rows: int, to_table=None,
+                 commit: Optional["RunCommit"] = None):
         self._root = root
         self._views = views
         self._max_rows = max_rows
         self._to_table = to_table
+        self._commit = commit
         self._buffer: dict[str, list[FeatureRow]] = defaultdict(list)
         self._count = 0
         self._rows = Metrics.counter("offline_store", "rows_written")
@@ -134,7 +141,7 @@ class _WriteOfflineFn(beam.DoFn):
         self._buffer = defaultdict(list)
         self._count = 0
 
-    def process(self, element: Union[FeatureRow, list[FeatureRow]]) -> None:
+    def process(self, element: Union[FeatureRow, list[FeatureRow]]) -> Iterable[tuple[str, str]]:
         if isinstance(element, list):  # a batch of one view's rows
             if element:
                 self._buffer[element[0].view].extend(element)
@@ -143,41 +150,128 @@ class _WriteOfflineFn(beam.DoFn):
             self._buffer[element.view].append(element)
             self._count += 1
         if self._count >= self._max_rows:
-            self._flush()
+            yield from self._flush()
 
-    def finish_bundle(self) -> None:
-        self._flush()
+    def finish_bundle(self) -> Iterable:
+        for final, staged in self._flush():
+            yield beam.transforms.window.GlobalWindows.windowed_value((final, staged))
 
-    def _flush(self) -> None:
+    def _flush(self) -> Iterable[tuple[str, str]]:
+        commit = self._commit
+        root = commit.staging(self._root) if commit else self._root
+        prefix = f"part-{commit.key}" if commit else "part"
         for view, rows in self._buffer.items():
-            paths = offline.write_rows(self._root, self._views[view], rows, self._to_table)
+            paths = offline.write_rows(root, self._views[view], rows, self._to_table, prefix)
             self._files.inc(len(paths))
             self._rows.inc(len(rows))
+            if commit:
+                for path in paths:
+                    yield commit.final_path(self._root, root, path), path
         self._buffer = defaultdict(list)
         self._count = 0
 
 
 class WriteOffline(beam.PTransform):
     """FeatureRows (or lists of one view's FeatureRows) -> Parquet, one row per emitted pane
-    (every window, every pane)."""
+    (every window, every pane). Bounded input with a `commit` replaces, when every file is
+    written, the files an earlier run with the same commit key left (CommitFiles)."""
 
     def __init__(self, root: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
-                 max_rows_per_file: int = 200_000, to_table=None):
+                 max_rows_per_file: int = 200_000, to_table=None, commit: Optional["RunCommit"] = None):
         super().__init__()
         if max_rows_per_file < 1:
             raise ValueError(f"max_rows_per_file must be >= 1 (got {max_rows_per_file!r})")
-        self._fn = _WriteOfflineFn(root, views if views is not None else layouts(spec), max_rows_per_file,
-                                   to_table)
+        views = views if views is not None else layouts(spec)
+        self._root = root
+        self._commit = commit
+        self._views = views
+        self._args = (root, views, max_rows_per_file, to_table)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        return rows | "Write Parquet" >> beam.ParDo(self._fn)
+        commit = self._commit if rows.is_bounded else None
+        written = rows | "Write Parquet" >> beam.ParDo(_WriteOfflineFn(*self._args, commit=commit))
+        if commit is None:
+            return written
+        patterns = [FileSystems.join(self._root, view, "date=*", f"part-{commit.key}-*.parquet")
+                    for view in self._views]
+        return written | "Commit Parquet" >> CommitFiles(patterns, commit.staging(self._root))
+
+
+class RunCommit(NamedTuple):
+    """How a bounded run replaces its earlier output: files are staged under
+    `<root>/_staging/<run>/` and named with `key` (a fingerprint of the run's input); once all
+    are written they are renamed into place and older files with the same key are deleted."""
+
+    key: str
+    run: str
+
+    @classmethod
+    def for_inputs(cls, paths: Sequence[str]) -> "RunCommit":
+        digest = hashlib.sha256("\n".join(sorted(paths)).encode("utf-8", "surrogatepass")).hexdigest()
+        return cls(digest[:16], uuid.uuid4().hex[:12])
+
+    def staging(self, root: str) -> str:
+        return FileSystems.join(root, "_staging", self.run)
+
+    def final_path(self, root: str, staging_root: str, staged: str) -> str:
+        return FileSystems.join(root, staged[len(staging_root):].lstrip("/"))
+
+
+class _Commit(beam.DoFn):
+    def __init__(self, patterns: list[str], staging: str):
+        self._patterns = patterns
+        self._staging = staging
+        self._replaced = Metrics.counter("commit", "earlier_files_replaced")
+
+    def process(self, moves: list[tuple[str, str]]) -> Iterable[str]:
+        finals = {final for final, _ in moves}
+        for directory in {os.path.dirname(final) for final in finals if "://" not in final}:
+            os.makedirs(directory, exist_ok=True)
+        if moves:
+            FileSystems.rename([staged for _, staged in moves], [final for final, _ in moves])
+        # rename first, then delete: a failure in between leaves copies (read_offline removes
+        # them), never a gap
+        old = []
+        for pattern in self._patterns:
+            try:
+                matched = FileSystems.match([pattern])[0].metadata_list
+            except Exception:  # nothing matches yet on some filesystems
+                matched = []
+            old += [m.path for m in matched if m.path not in finals]
+        if old:
+            FileSystems.delete(old)
+            self._replaced.inc(len(old))
+        if FileSystems.exists(self._staging):
+            FileSystems.delete([self._staging])
+        yield from sorted(finals)
+
+
+class CommitFiles(beam.PTransform):
+    """(final, staged) path pairs of a bounded run -> the final paths, once all are written:
+    staged files renamed into place, then files matching `patterns` that this run did not
+    write (an earlier run's) deleted, so re-running leaves the output as after one run."""
+
+    def __init__(self, patterns: list[str], staging: str):
+        super().__init__()
+        self._patterns = patterns
+        self._staging = staging
+
+    def expand(self, moves: beam.PCollection) -> beam.PCollection:
+        return (
+            moves
+            | "One window" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
+            | "All files" >> beam.combiners.ToList()
+            | "Rename and replace" >> beam.ParDo(_Commit(self._patterns, self._staging))
+        )
 
 
 class _WriteDeadLettersFn(beam.DoFn):
-    """Appends dead letters of a bundle to one JSONL file (written then renamed)."""
+    """Appends dead letters of a bundle to one JSONL file (written then renamed; with a commit,
+    staged for CommitFiles)."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, commit: Optional[RunCommit] = None):
         self._directory = directory
+        self._commit = commit
         self._lines: list[str] = []
         self._written = Metrics.counter("dead_letters", "written")
 
@@ -187,32 +281,39 @@ class _WriteDeadLettersFn(beam.DoFn):
     def process(self, letter: DeadLetter) -> None:
         self._lines.append(_encode_letter(letter).decode("utf-8"))
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterable:
         if not self._lines:
             return
-        if "://" not in self._directory:
-            os.makedirs(self._directory, exist_ok=True)
-        name = f"dead_letters-{uuid.uuid4().hex}.jsonl"
-        tmp = FileSystems.join(self._directory, f".{name}.tmp")
+        commit = self._commit
+        directory = commit.staging(self._directory) if commit else self._directory
+        if "://" not in directory:
+            os.makedirs(directory, exist_ok=True)
+        name = f"dead_letters-{commit.key + '-' if commit else ''}{uuid.uuid4().hex}.jsonl"
+        tmp = FileSystems.join(directory, f".{name}.tmp")
         with FileSystems.create(tmp) as handle:
             handle.write(("\n".join(self._lines) + "\n").encode("utf-8"))
-        FileSystems.rename([tmp], [FileSystems.join(self._directory, name)])
+        staged = FileSystems.join(directory, name)
+        FileSystems.rename([tmp], [staged])
         self._written.inc(len(self._lines))
         _LOG.info("%d dead letters written to %s", len(self._lines), self._directory)
         self._lines = []
+        if commit:
+            final = FileSystems.join(self._directory, name)
+            yield beam.transforms.window.GlobalWindows.windowed_value((final, staged))
 
 
 def _encode_letter(letter: DeadLetter) -> bytes:
-    return json.dumps(letter._asdict(), ensure_ascii=False).encode("utf-8")
+    return json.dumps(letter._asdict(), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 class WriteDeadLetters(beam.PTransform):
     """Dead letters -> JSONL files in a directory (local or gs://), or JSON messages on a
     Pub/Sub topic when the destination is projects/P/topics/T (attributes: reason, stage)."""
 
-    def __init__(self, destination: str):
+    def __init__(self, destination: str, commit: Optional[RunCommit] = None):
         super().__init__()
         self._destination = destination
+        self._commit = commit
 
     def expand(self, letters: beam.PCollection) -> beam.PCollection:
         if self._destination.startswith("projects/"):
@@ -224,7 +325,12 @@ class WriteDeadLetters(beam.PTransform):
                 )
                 | "Publish" >> beam.io.WriteToPubSub(self._destination, with_attributes=True)
             )
-        return letters | "Write JSONL" >> beam.ParDo(_WriteDeadLettersFn(self._destination))
+        commit = self._commit if letters.is_bounded else None
+        written = letters | "Write JSONL" >> beam.ParDo(_WriteDeadLettersFn(self._destination, commit))
+        if commit is None:
+            return written
+        pattern = FileSystems.join(self._destination, f"dead_letters-{commit.key}-*.jsonl")
+        return written | "Commit JSONL" >> CommitFiles([pattern], commit.staging(self._destination))
 
 
 def read_dead_letters(directory: str) -> Iterable[dict]:

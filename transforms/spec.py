@@ -43,6 +43,9 @@ class SpecError(ValueError):
     """A user mistake in a spec: the message names file, path and value; no traceback needed."""
 
 
+MAX_DURATION_S = 100 * 365 * 86400  # 100 years
+
+
 def parse_duration(value: Any) -> int:
     """'90s' | '5m' | '1h' | '1d' -> whole seconds."""
     if not isinstance(value, str):
@@ -50,7 +53,12 @@ def parse_duration(value: Any) -> int:
     match = _DURATION.match(value.strip())
     if not match:
         raise ValueError(f"must be a duration: an integer and one of s, m, h, d (got {value!r})")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        # Beyond this, window ends and expiry times leave the range every stage can represent
+        # (event times are bounded to years 1970..9999 and windows must end inside it).
+        raise ValueError(f"must be at most {MAX_DURATION_S // 86400}d (got {value!r})")
+    return seconds
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]

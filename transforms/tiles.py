@@ -26,7 +26,7 @@ from transforms.aggregate import FeatureViewCombineFn
 from transforms.assembly import assemble_windows
 from transforms.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
 from transforms.dedup import event_id_of, keep_within_horizon
-from transforms.events import DEAD_LETTER_TAG, BadEvent, Event, ParsePlan, dead_letter
+from transforms.events import DEAD_LETTER_TAG, Event, ParsePlan, event_timestamp, refuse
 from transforms.features import FeatureRow
 from transforms.gcpause import gc_paused
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
@@ -49,6 +49,11 @@ def tile_ms(view: FeatureViewSpec) -> int:
     return (window.period if isinstance(window, SlidingWindow) else window.size) * 1000
 
 
+def is_parquet(path: str) -> bool:
+    """Each matched file is read by its own format: Parquet by name, JSONL (maybe compressed) else."""
+    return path.endswith(".parquet")
+
+
 class FileRange(NamedTuple):
     path: str
     start: int
@@ -60,7 +65,7 @@ def split_files(paths: list[str], range_bytes: int = RANGE_BYTES) -> list[FileRa
     row-group ranges of Parquet files, so several workers can read one big file."""
     ranges = []
     for path in paths:
-        if path.endswith(".parquet"):
+        if is_parquet(path):
             with FileSystems.open(path) as handle:
                 groups = pq.ParquetFile(handle).num_row_groups
             ranges += [FileRange(path, g, g + 1) for g in range(groups)]
@@ -102,7 +107,7 @@ def read_blocks(file_range: FileRange, block_bytes: int = BLOCK_BYTES) -> Iterat
 def read_range(file_range: FileRange) -> Iterator[Any]:
     """Raw events (bytes lines, or dicts for Parquet) of one range."""
     path, start, end = file_range
-    if path.endswith(".parquet"):
+    if is_parquet(path):
         with FileSystems.open(path) as handle:
             table = pq.ParquetFile(handle).read_row_groups(list(range(start, end)))
         yield from table.to_pylist()
@@ -130,7 +135,7 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
 
     def process(self, file_range: FileRange, duplicate_ids: Iterable[str] = ()) -> Iterable:
-        if self._columnar is None or file_range.path.endswith(".parquet"):
+        if self._columnar is None or is_parquet(file_range.path):
             return self._process_blocks((), read_range(file_range), list(duplicate_ids))
         return self._process_blocks(read_blocks(file_range), (), list(duplicate_ids))
 
@@ -174,16 +179,9 @@ class _ReadAndPreaggregate(beam.DoFn):
         views = self._views
         for raw in raw_events:
             counts[0] += 1
-            try:
-                event = parse(raw)
-            except BadEvent as err:
-                Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
-                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(raw, err.reason, str(err), "parse"))
-                continue
-            except Exception as err:  # a bug of ours must not lose the event
-                Metrics.counter("parse", "dead_letter_internal_error").inc()
-                yield pvalue.TaggedOutput(
-                    DEAD_LETTER_TAG, dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse"))
+            event, letter = refuse(raw, parse)
+            if letter is not None:
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
                 continue
             counts[1] += 1
             if event.event_id is not None and event.event_id in self._duplicates:
@@ -191,7 +189,7 @@ class _ReadAndPreaggregate(beam.DoFn):
                 continue
             t = event.event_time_ms
             if self._emit_events:  # for views that cannot be tiled (sessions)
-                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, t / 1000.0))
+                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
             for (_, entity_index, tile, fn), view_tiles in zip(views, tiles):
                 key = (event.keys[entity_index], t - t % tile)
                 acc = view_tiles.get(key)
@@ -219,7 +217,7 @@ class _KeptEventsToTiles(beam.DoFn):
         for event in kept:
             t = event.event_time_ms
             if self._emit_events:
-                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, t / 1000.0))
+                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
             for name, entity_index, tile, fn in self._views:
                 acc = fn.add_input(fn.create_accumulator(), event)
                 yield ((name, event.keys[entity_index]), (t - t % tile, fn.get_accumulator_coder().encode(acc)))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as tr
 from apache_beam.transforms import window
 
-from transforms.events import DEAD_LETTER_TAG, Event, dead_letter
 from transforms.spec import FeatureViewSpec, FixedWindow, SlidingWindow
 
 
@@ -76,6 +74,15 @@ def window_ends_ms(view: FeatureViewSpec, t_ms: int) -> tuple[int, int]:
     return end, end
 
 
+def too_late(view: FeatureViewSpec, t_ms: int, clock_ms: int) -> bool:
+    """Every window of an event at t_ms closed (end + allowed lateness) before clock_ms."""
+    return clock_ms > window_ends_ms(view, t_ms)[1] + view.allowed_lateness * 1000
+
+
+def too_late_views(views: Sequence[FeatureViewSpec], t_ms: int, clock_ms: int) -> list[str]:
+    return [view.name for view in views if too_late(view, t_ms, clock_ms)]
+
+
 class _GuardLateness(beam.DoFn):
     def __init__(self, view: FeatureViewSpec):
         self._view = view
@@ -83,35 +90,28 @@ class _GuardLateness(beam.DoFn):
         self._too_late = Metrics.counter("windowing", "too_late")
         self._partly = Metrics.counter("windowing", "too_late_for_some_windows")
 
-    def process(self, event: Event) -> Iterable:
+    def process(self, event) -> Iterable:
         if event.arrival_ms is not None:
-            earliest, latest = window_ends_ms(self._view, event.event_time_ms)
-            if event.arrival_ms > latest + self._lateness_ms:
+            if too_late(self._view, event.event_time_ms, event.arrival_ms):
+                # already dead-lettered once, with its payload, by ParseEvents
                 self._too_late.inc()
-                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                    {"view": self._view.name, "event_time_ms": event.event_time_ms, "keys": list(event.keys),
-                     "event_id": event.event_id},
-                    "too_late",
-                    f"{self._view.name}: every window of this event closed (end + allowed_lateness "
-                    f"{self._view.allowed_lateness}s) before it arrived (event time "
-                    f"{event.event_time_ms} ms, pipeline clock {event.arrival_ms} ms)",
-                    f"window:{self._view.name}",
-                ))
                 return
-            if event.arrival_ms > earliest + self._lateness_ms:
+            if event.arrival_ms > window_ends_ms(self._view, event.event_time_ms)[0] + self._lateness_ms:
                 self._partly.inc()  # Beam counts it in the windows still open, like any late event
         yield event
 
 
 class GuardLateness(beam.PTransform):
-    """Events too late for every window of a view -> dead letters (reason too_late), instead of
-    vanishing in the GroupByKey. The guard's clock (Event.arrival_ms) is never behind the
-    watermark the windowing sees, so whatever it lets through the windowing keeps."""
+    """Drops the events too late for every window of a view, instead of letting them vanish in
+    the GroupByKey. ParseEvents has already dead-lettered each of them once (reason too_late,
+    with the views it was too late for). The guard's clock (Event.arrival_ms) is never behind
+    the watermark the windowing sees, so whatever it lets through the windowing keeps."""
 
     def __init__(self, view: FeatureViewSpec):
         super().__init__(f"Lateness {view.name}")
         self._view = view
 
-    def expand(self, events: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return events | "Guard" >> beam.ParDo(_GuardLateness(self._view)).with_output_types(Event).with_outputs(
-            DEAD_LETTER_TAG, main="events")
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
+        from transforms.events import Event  # events imports this module's arithmetic
+
+        return events | "Guard" >> beam.ParDo(_GuardLateness(self._view)).with_output_types(Event)

@@ -1,6 +1,8 @@
 """Offline store: Parquet under OFFLINE/<view>/date=YYYY-MM-DD/, one row per emitted pane.
 
-Read it with `pyarrow.dataset.dataset(OFFLINE/<view>, partitioning="hive")`. Paths go through
+Read it with `read_offline(OFFLINE, spec, view)`: one row per pane, copies written by retried
+bundles or overlapping runs removed. A bounded run replaces the files of an earlier run over the
+same input (`part-<input fingerprint>-*.parquet`, committed when the run has written them all). Paths go through
 Beam's FileSystems, so OFFLINE may be local or gs://. Files are written under a hidden temporary
 name and renamed, so a reader never sees a half-written file.
 """
@@ -11,7 +13,7 @@ import datetime as dt
 import os
 import uuid
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +23,9 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.features import FeatureRow
 from transforms.gcpause import gc_paused
 from transforms.stores.online import ViewLayout
+
+if TYPE_CHECKING:
+    from transforms.spec import FeatureSpecFile
 
 _ARROW_TYPES = {
     "int64": pa.int64(),
@@ -74,9 +79,11 @@ def rows_to_table(rows: Sequence[FeatureRow], layout: ViewLayout, created_us: in
 
 
 def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
-               to_table: Callable[[Sequence[FeatureRow], ViewLayout, int], pa.Table] = None) -> list[str]:
+               to_table: Callable[[Sequence[FeatureRow], ViewLayout, int], pa.Table] = None,
+               prefix: str = "part") -> list[str]:
     """Write rows of one view, one file per date partition (of the window end). Returns paths.
-    `to_table` builds the Arrow table (default: feature rows; embeddings bring their own)."""
+    `to_table` builds the Arrow table (default: feature rows; embeddings bring their own);
+    files are named `<prefix>-<uuid>.parquet`."""
     to_table = to_table or rows_to_table
     created_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
     by_day: dict[int, list[FeatureRow]] = defaultdict(list)
@@ -89,7 +96,7 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
         directory = FileSystems.join(root, layout.name, f"date={day}")
         if "://" not in root:
             os.makedirs(directory, exist_ok=True)
-        name = f"part-{uuid.uuid4().hex}.parquet"
+        name = f"{prefix}-{uuid.uuid4().hex}.parquet"
         tmp = FileSystems.join(directory, f".{name}.tmp")
         with FileSystems.create(tmp) as handle:
             with gc_paused():
@@ -101,13 +108,26 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
     return paths
 
 
-def read_offline(root: str, layout: ViewLayout) -> pa.Table:
-    """One view's offline rows, de-duplicated by (entity, window_end, pane_index).
+def read_offline(root: str, spec_or_layout: "FeatureSpecFile | ViewLayout", view: Optional[str] = None) -> pa.Table:
+    """One view's offline rows, de-duplicated by (entity, window_end, pane_index):
+    `read_offline("offline/", spec, "user_5m")` (spec: a FeatureSpecFile or a path to its YAML).
 
-    Writes are at-least-once (a retried bundle or a re-run job writes its panes again); a pane
-    is identified by (entity, window end, pane index) and every copy carries the same values,
-    so keeping the newest copy of each gives the exactly-once view of the store.
+    Writes are at-least-once (a retried bundle or an overlapping job writes its panes again); a
+    pane is identified by (entity, window end, pane index), so keeping the newest copy of each
+    gives the exactly-once view of the store.
     """
+    if isinstance(spec_or_layout, ViewLayout):
+        layout = spec_or_layout
+    else:
+        from transforms.spec import load_spec
+        from transforms.stores.online import layouts
+
+        spec = load_spec(spec_or_layout) if isinstance(spec_or_layout, str) else spec_or_layout
+        found = layouts(spec)
+        if view not in found:
+            known = ", ".join(found) or "none"
+            raise ValueError(f"unknown view {view!r} (views and embeddings in the spec: {known})")
+        layout = found[view]
     import pyarrow.dataset as ds
 
     table = ds.dataset(FileSystems.join(root, layout.name), partitioning="hive").to_table()
