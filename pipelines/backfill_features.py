@@ -18,6 +18,7 @@ from pipelines.common import (
     FeatureStoreOptions,
     UsageError,
     check_online_store,
+    check_outputs,
     dead_letter_destination,
     is_local,
     require,
@@ -25,7 +26,13 @@ from pipelines.common import (
     report,
     run_main,
 )
-from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, TiledFeaturePipeline, matching_files
+from transforms.feature_pipeline import (
+    DeadLetterPayloads,
+    FeaturePipeline,
+    ReadEventFiles,
+    TiledFeaturePipeline,
+    matching_files,
+)
 from transforms.sinks import RunCommit
 from transforms.spec import load_spec
 
@@ -40,18 +47,31 @@ class BackfillOptions(PipelineOptions):
             help="Pre-aggregate per (entity, period tile) while reading (fast path; default true). "
                  "false: one element per event and window, like hand-written Beam.",
         )
+        parser.add_argument(
+            "--from_dead_letters", nargs="?", const="true", default="false", choices=("true", "false"),
+            help="--events are dead-letter JSONL files of an earlier run: process their payloads (the "
+                 "records as received) again, e.g. too_late events after raising allowed_lateness.",
+        )
 
 
 OPTIONS = (EventFileOptions, FeatureStoreOptions, BackfillOptions)
 
 
-def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, preaggregate: bool) -> None:
+def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, preaggregate: bool,
+          from_dead_letters: bool = False) -> None:
     spec = load_spec(stores.feature_spec)
     paths = matching_files(events)
     # re-running over the same input files replaces that run's offline and dead-letter files
     sinks = dict(online_store=stores.online_store, offline_store=stores.offline_store,
                  dead_letter=stores.dead_letter, commit=RunCommit.for_inputs(paths))
-    if preaggregate:
+    if from_dead_letters:
+        (
+            pipeline
+            | "Read dead letters" >> ReadEventFiles(events)
+            | "Payloads" >> beam.ParDo(DeadLetterPayloads())
+            | "Features" >> FeaturePipeline(spec, streaming=False, **sinks)
+        )
+    elif preaggregate:
         pipeline | "Features" >> TiledFeaturePipeline(spec, paths, **sinks)
     else:
         (
@@ -70,6 +90,7 @@ def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineRes
     if not matching_files(events):
         raise UsageError(f"--events: no files match {events!r}")
     dead_letter_destination(stores)
+    check_outputs(stores)
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or "DirectRunner"
     if is_local(options):
@@ -80,7 +101,8 @@ def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineRes
         stores.offline_store, stores.dead_letter,
     )
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, events, stores, options.view_as(BackfillOptions).preaggregate == "true")
+    backfill = options.view_as(BackfillOptions)
+    build(pipeline, events, stores, backfill.preaggregate == "true", backfill.from_dead_letters == "true")
     result = pipeline.run()
     result.wait_until_finish()
     return result

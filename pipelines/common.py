@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import NoReturn, Optional
 
@@ -88,6 +89,22 @@ def dead_letter_destination(stores: "FeatureStoreOptions") -> str:
     if stores.dead_letter is None:
         stores.dead_letter = stores.offline_store.rstrip("/") + "/_dead_letters"
     return stores.dead_letter
+
+
+def check_outputs(stores: "FeatureStoreOptions") -> None:
+    """Local output directories must be directories we can write (or create), checked before any
+    work and without creating anything."""
+    for flag, path in (("--offline_store", stores.offline_store), ("--dead_letter", stores.dead_letter)):
+        if not path or "://" in path or path.startswith("projects/"):
+            continue  # remote filesystems and Pub/Sub topics are checked by their clients
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "is a file" if existing == os.path.abspath(path) else f"is inside a file ({existing})"
+            raise UsageError(f"{flag}: {path!r} {what}, not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag}: cannot write to {path!r} ({existing} is not writable)")
 
 
 def use_streaming_engine(options: PipelineOptions, pubsub: "PubSubInputOptions") -> bool:

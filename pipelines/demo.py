@@ -21,7 +21,7 @@ from typing import Optional
 from pipelines import streaming_features
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate, write_jsonl
-from pipelines.summary import pane_counts
+from pipelines.summary import output_summary
 from transforms.sinks import read_dead_letters
 from transforms.spec import load_spec
 
@@ -90,8 +90,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     elapsed = time.time() - started
 
     spec = load_spec(SPEC)
-    panes = {v.name: pane_counts(str(offline), v.name) for v in spec.feature_views}
-    letters = list(read_dead_letters(str(offline / "_dead_letters")))
+    summary = output_summary(spec, str(offline), str(offline / "_dead_letters"))
+    panes = summary["panes"]
     stats = stats_box["stats"]
     print(f"3/3 done in {elapsed:.0f}s\n")
 
@@ -110,11 +110,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         if i == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
-    reasons = collections.Counter(letter["reason"] for letter in letters)
+    reasons = summary["dead_letter_reasons"]
+    too_late_all, too_late_some = summary["too_late_every_view"], summary["too_late_some_views"]
     print()
     print(f"Events in:        {stats.events:,}")
-    print(f"  parsed:         {stats.events - len(letters):,}")
-    print(f"  dead-lettered:  {len(letters):,}  ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})")
+    print(f"  used:           {stats.events - summary['refused'] - too_late_all:,}")
+    print(f"  refused:        {summary['refused']:,}  "
+          f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()) if r != 'too_late')})")
+    print(f"  too late:       {too_late_all:,} for every view, {too_late_some:,} for some (dead letters, reason too_late)")
     print(f"  late on arrival:{stats.late_on_arrival:>6,}  (behind the watermark; counted in LATE panes)")
     for view, counts in panes.items():
         print(f"Panes {view + ':':9s} early {counts['EARLY']:,}, on time {counts['ON_TIME']:,}, late {counts['LATE']:,}")

@@ -25,6 +25,7 @@ from pipelines.common import (
     PubSubInputOptions,
     UsageError,
     check_online_store,
+    check_outputs,
     dead_letter_destination,
     is_local,
     redacted,
@@ -153,6 +154,7 @@ def run(
     if not spec.embeddings:
         raise UsageError(f"{stores.feature_spec}: no `embeddings:` section; nothing to embed")
     dead_letter_destination(stores)
+    check_outputs(stores)
     streaming = not events
     if streaming:
         use_streaming_engine(options, pubsub)

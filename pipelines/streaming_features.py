@@ -27,6 +27,7 @@ from pipelines.common import (
     PubSubInputOptions,
     UsageError,
     check_online_store,
+    check_outputs,
     dead_letter_destination,
     is_local,
     redacted,
@@ -82,6 +83,7 @@ def run(
         raise UsageError(f"--replay runs on the DirectRunner only (it uses Beam's TestStream); "
                          f"got --runner {runner_name(options)}")
     dead_letter_destination(stores)
+    check_outputs(stores)
     if is_local(options):
         check_online_store(stores.online_store, spec)
 

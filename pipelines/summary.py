@@ -28,18 +28,27 @@ def pane_counts(offline: str, view: str) -> collections.Counter:
 
 def output_summary(spec: FeatureSpecFile, offline: str, dead_letter: Optional[str]) -> dict:
     letters = list(read_dead_letters(dead_letter)) if dead_letter and "://" not in dead_letter else []
+    n_views = len(spec.feature_views)
+    too_late = [letter for letter in letters if letter["reason"] == "too_late"]
     return {
         "panes": {v.name: pane_counts(offline, v.name) for v in spec.feature_views},
         "dead_letters": len(letters),
         "dead_letter_reasons": collections.Counter(letter["reason"] for letter in letters),
+        # one dead letter per event: refused by the parser, or too late for some or every view
+        "refused": len(letters) - len(too_late),
+        "too_late_every_view": sum(len(letter.get("views") or ()) >= n_views for letter in too_late),
+        "too_late_some_views": sum(len(letter.get("views") or ()) < n_views for letter in too_late),
     }
 
 
 def print_summary(summary: dict, events_in: Optional[int] = None, out=None) -> None:
+    """events in = used + refused + too late for every view (each event counted once)."""
     lines = []
     if events_in is not None:
-        lines.append(f"events in: {events_in:,}  parsed: {events_in - summary['dead_letters']:,}  "
-                     f"dead-lettered: {summary['dead_letters']:,}")
+        used = events_in - summary["refused"] - summary["too_late_every_view"]
+        lines.append(f"events in: {events_in:,}  used: {used:,}  refused: {summary['refused']:,}  "
+                     f"too late for every view: {summary['too_late_every_view']:,}  "
+                     f"(too late for some views, used by the others: {summary['too_late_some_views']:,})")
     reasons = summary["dead_letter_reasons"]
     if reasons:
         lines.append("dead letters by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))

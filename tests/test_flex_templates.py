@@ -150,6 +150,7 @@ GOOD = {
     "max_batch_size": ["64", "512"],
     "max_batch_duration_secs": ["1", "0.5", "10.25"],
     "preaggregate": ["true", "false"],
+    "from_dead_letters": ["true", "false"],
 }
 BAD = {
     "events": ["s3://bucket/x.jsonl", "data/x.jsonl", "gs://My-Bucket/x", "gs://ab/x",
@@ -170,6 +171,7 @@ BAD = {
     "max_batch_size": ["0", "1.5"],
     "max_batch_duration_secs": ["-1", "1s", ".5"],
     "preaggregate": ["yes", "True"],
+    "from_dead_letters": ["yes", "1"],
 }
 INJECTIONS = ["{};rm -rf /", "{}\n", "{}\nrm -rf /", "{} && id", "{}|cat", "{}$(id)", "$HOME{}",
               "{}`id`", "{}&", "{} ", "\t{}", "'{}'", '"{}"', "{}>out", "<in{}"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
@@ -23,30 +23,38 @@ from transforms.events import BadEvent, Event, decode_json, event_timestamp
 
 
 class _DropSeenIds(beam.DoFn):
-    SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
+    """Streaming: per id, the event time of the copy kept. A copy within the horizon of it is
+    dropped, as the bounded rule drops it; the id is remembered until no copy within the
+    horizon could still count in any window (horizon + the views' reach: later copies would be
+    too late anyway), so a redelivery arriving late is not counted twice."""
+
+    KEPT = userstate.ReadModifyWriteStateSpec("kept", VarIntCoder())
     EXPIRY = userstate.TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    def __init__(self, horizon_s: int):
-        self._horizon = Duration(seconds=horizon_s)
+    def __init__(self, horizon_s: int, reach_ms: int):
+        self._horizon_ms = horizon_s * 1000
+        self._remember = Duration(micros=(self._horizon_ms + reach_ms) * 1000)
         self._removed = Metrics.counter("dedup", "duplicates_removed")
 
     def process(
         self,
         element: tuple[str, Event],
         timestamp=beam.DoFn.TimestampParam,
-        seen=beam.DoFn.StateParam(SEEN),
+        kept=beam.DoFn.StateParam(KEPT),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable[Event]:
-        if seen.read():
+        event = element[1]
+        previous = kept.read()
+        if previous is not None and abs(event.event_time_ms - previous) <= self._horizon_ms:
             self._removed.inc()
             return
-        seen.write(True)
-        expiry.set(timestamp + self._horizon)
-        yield TimestampedValue(element[1], timestamp)
+        kept.write(event.event_time_ms)
+        expiry.set(timestamp + self._remember)
+        yield TimestampedValue(event, timestamp)
 
     @userstate.on_timer(EXPIRY)
-    def forget(self, seen=beam.DoFn.StateParam(SEEN)) -> None:
-        seen.clear()
+    def forget(self, kept=beam.DoFn.StateParam(KEPT)) -> None:
+        kept.clear()
 
 
 class _KeepWithinHorizon(beam.DoFn):
@@ -69,10 +77,11 @@ class DropDuplicateEvents(beam.PTransform):
     before any timer could fire, so it groups by id and applies the horizon rule directly.
     """
 
-    def __init__(self, horizon_s: int, streaming: bool):
+    def __init__(self, horizon_s: int, streaming: bool, reach_ms: int = 0):
         super().__init__()
         self._horizon_s = horizon_s
         self._streaming = streaming
+        self._reach_ms = reach_ms
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         with_id, without_id = (
@@ -81,7 +90,7 @@ class DropDuplicateEvents(beam.PTransform):
         keyed = with_id | "Key by id" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(
             tuple[str, Event])
         if self._streaming:
-            unique = keyed | "Drop seen ids" >> beam.ParDo(_DropSeenIds(self._horizon_s)).with_output_types(Event)
+            unique = keyed | "Drop seen ids" >> beam.ParDo(_DropSeenIds(self._horizon_s, self._reach_ms)).with_output_types(Event)
         else:
             unique = (
                 keyed

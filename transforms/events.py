@@ -24,7 +24,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
-from transforms.windowing import too_late_views
+from transforms.windowing import reach_ms, too_late_views
 
 DEAD_LETTER_TAG = "dead_letter"
 MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
@@ -167,7 +167,7 @@ class ParsePlan:
             num_fields=tuple(nums),
             str_fields=tuple(strs),
             where_clauses=tuple(wheres),
-            max_event_ms=MAX_EPOCH_MS - max((_extent_ms(v) for v in spec.feature_views), default=0),
+            max_event_ms=MAX_EPOCH_MS - max((reach_ms(v) for v in spec.feature_views), default=0),
         )
 
     def entity_index(self, entity: str) -> int:
@@ -212,13 +212,6 @@ class ParsePlan:
                     raise BadEvent("bad_type", f"{self.id_field}: must be a string or integer (got {raw_id!r})")
                 event_id = str(raw_id)
         return Event(event_time_ms, event_id, keys, nums, strs, matches)
-
-
-def _extent_ms(view: Any) -> int:
-    """How far after an event its windows can end, allowed lateness included."""
-    window = view.window
-    reach = getattr(window, "size", None) or getattr(window, "gap", 0)
-    return (reach + view.allowed_lateness) * 1000
 
 
 def where_key(where: dict) -> tuple:

@@ -9,17 +9,18 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.dedup import DropDuplicateEvents
-from transforms.events import DEAD_LETTER_TAG, ParseEvents
+from transforms.events import ParseEvents, payload_bytes
 from transforms.features import ComputeFeatures
 from transforms.sinks import NewestCurrentRows, RunCommit, WriteDeadLetters, WriteOffline, WriteOnline
 from transforms.spec import FeatureSpecFile
 from transforms.stores.online import layouts
 from transforms.tiles import TiledBackfill, is_parquet, tileable
-from transforms.windowing import GuardLateness
+from transforms.windowing import GuardLateness, reach_ms
 
 
 class FeatureOutputs(NamedTuple):
@@ -61,8 +62,9 @@ class FeaturePipeline(beam.PTransform):
         parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element, self._clock)
         events = parsed.events
         if self._spec.source.id_field:
+            reach = max((reach_ms(view) for view in self._spec.feature_views), default=0)
             events = events | "Drop duplicate ids" >> DropDuplicateEvents(
-                self._spec.source.dedup_horizon, self._streaming)
+                self._spec.source.dedup_horizon, self._streaming, reach)
         per_view, dead_letters = [], [parsed.dead_letter]
         for view in self._spec.feature_views:
             view_events = events
@@ -138,6 +140,20 @@ class _SkipBlank(beam.DoFn):
             yield line
         else:
             self._blank.inc()
+
+
+class DeadLetterPayloads(beam.DoFn):
+    """Dead-letter JSONL lines -> the records they hold, as received (to process them again)."""
+
+    def __init__(self):
+        self._unreadable = Metrics.counter("read", "unreadable_dead_letters")
+
+    def process(self, line: bytes) -> Iterable[bytes]:
+        try:
+            yield payload_bytes(orjson.loads(line))
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            self._unreadable.inc()  # not a dead letter: passed on, the parser dead-letters it
+            yield line
 
 
 class ReadEventFiles(beam.PTransform):

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.events import BadEvent, ParsePlan, decode_json, parse_timestamp
+from transforms.events import BadEvent, ParsePlan
 
 
 @dataclass
@@ -26,10 +26,11 @@ class ReplayStats:
     last_watermark_ms: Optional[int] = None
 
 
-def _event_time(line: bytes, field: str) -> Optional[int]:
+def _event_time(line: bytes, plan: ParsePlan) -> Optional[int]:
+    """The event time the pipeline will see, or None for a line it will refuse (which then
+    does not move the replay's watermark: the parser's verdict, not a second opinion)."""
     try:
-        record = decode_json(line)
-        return parse_timestamp(record.get(field), field) if isinstance(record, dict) else None
+        return plan.parse(line).event_time_ms
     except BadEvent:
         return None  # still replayed: the pipeline dead-letters it with the reason
 
@@ -66,7 +67,7 @@ def build_replay(
         if not line.strip():
             continue
         stats.events += 1
-        t = _event_time(line, plan.timestamp_field)
+        t = _event_time(line, plan)
         if t is not None:
             if stats.first_event_ms is None:
                 stats.first_event_ms = t

@@ -74,6 +74,14 @@ def window_ends_ms(view: FeatureViewSpec, t_ms: int) -> tuple[int, int]:
     return end, end
 
 
+def reach_ms(view: FeatureViewSpec) -> int:
+    """How long after an event a copy of it can still count: its windows' latest end, plus
+    allowed lateness (sessions: the gap; merging may extend them, but only with later events)."""
+    spec = view.window
+    reach = spec.size if isinstance(spec, (FixedWindow, SlidingWindow)) else spec.gap
+    return (reach + view.allowed_lateness) * 1000
+
+
 def too_late(view: FeatureViewSpec, t_ms: int, clock_ms: int) -> bool:
     """Every window of an event at t_ms closed (end + allowed lateness) before clock_ms."""
     return clock_ms > window_ends_ms(view, t_ms)[1] + view.allowed_lateness * 1000
