@@ -45,6 +45,10 @@ def mutate(path: list, value=None, delete: bool = False) -> dict:
      "shop.yaml: feature_views[0].windw: unknown key (got {'type': 'fixed'})"),
     (["feature_views", 0, "window", "size"], "5x", False,
      "shop.yaml: feature_views[0].window.size: must be a duration: an integer and one of s, m, h, d (got '5x')"),
+    (["feature_views", 0, "allowed_lateness"], "999999999999999999d", False,
+     "shop.yaml: feature_views[0].allowed_lateness: must be at most 36500d (got '999999999999999999d')"),
+    (["source", "dedup_horizon"], "99999999999999999999999s", False,
+     "shop.yaml: source.dedup_horizon: must be at most 36500d (got '99999999999999999999999s')"),
     (["feature_views", 0, "allowed_lateness"], "1 hour", False,
      "shop.yaml: feature_views[0].allowed_lateness: must be a duration: an integer and one of s, m, h, d "
      "(got '1 hour')"),
