@@ -111,15 +111,17 @@ fetch_prism() {
       say "prism $ver: reusing $other"
       cp -f "$other" "$bin.tmp" && mv -f "$bin.tmp" "$bin"
     else
-      say "prism $ver: go install $pkg@$ver (a cold build takes minutes; log $log)"
-      # First from the module cache only (offline), then through the proxy. Go checks every
-      # module against go.sum / the checksum database itself.
-      if ! GOBIN="$gobin" GOPROXY=off GOFLAGS=-mod=mod go install "$pkg@$ver" >"$log" 2>&1; then
+      # First from the module cache only (its download dir serves as a file:// proxy, so this
+      # works offline), then through the configured proxy. Go checks every module against
+      # go.sum / the checksum database itself.
+      local modcache; modcache="$(go env GOMODCACHE)"
+      if ! GOBIN="$gobin" GOPROXY="file://$modcache/cache/download" go install "$pkg@$ver" >"$log" 2>&1; then
         local proxy; proxy="$(go env GOPROXY | cut -d, -f1 | cut -d'|' -f1)"
         case "$proxy" in off|direct|"") ;; *)
           reachable "$proxy/github.com/apache/beam/sdks/v2/@v/$ver.info" \
             || unreachable "the Go module proxy" "$proxy" "prism $ver" ;;
         esac
+        say "prism $ver: go install $pkg@$ver (a cold build takes minutes; log $log)"
         GOBIN="$gobin" go install "$pkg@$ver" >>"$log" 2>&1 || die "prism: go install failed, see $log"
       fi
     fi
@@ -188,12 +190,12 @@ fetch_flink() {
   mkdir -p "$build" "$(dirname "$staged")"
   cp -f "$pom" "$build/pom.xml"
   local props=(-Dbeam.version="$js" -Djobservice.version="$jsvc" -Dflink.minor="$FLINK_MINOR")
-  say "flink job server $FLINK_MINOR/$js: mvn package (log $log)"
   # --strict-checksums: a download whose .sha1 from Central does not match fails the build.
   if ! (cd "$build" && mvn -B -o --strict-checksums "${props[@]}" package \
         dependency:list -DoutputAbsoluteArtifactFilename=true -DoutputFile=deps.txt -DincludeScope=runtime) >"$log" 2>&1; then
     reachable "$MAVEN_CENTRAL/org/apache/beam/beam-runners-flink-$FLINK_MINOR/maven-metadata.xml" \
       || unreachable "Maven Central" "$MAVEN_CENTRAL" "the Flink job server"
+    say "flink job server $FLINK_MINOR/$js: mvn package (log $log)"
     (cd "$build" && mvn -B --strict-checksums "${props[@]}" package \
         dependency:list -DoutputAbsoluteArtifactFilename=true -DoutputFile=deps.txt -DincludeScope=runtime) >>"$log" 2>&1 \
       || die "flink: mvn package failed, see $log"

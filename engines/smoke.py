@@ -8,7 +8,8 @@ Extra pipeline flags can be given after `--`, e.g. `-- --prism_location ~/go/bin
 
 Cases: batch, stream_fixed (TestStream + fixed windows + AfterWatermark early/late),
 stream_session (session windows), stream_proctime (TestStream.advance_processing_time +
-AfterProcessingTime early trigger), stream_proctime_trigger (AfterProcessingTime, no advance).
+AfterProcessingTime early trigger), stream_proctime_trigger (AfterProcessingTime, no advance),
+stream_stateful (bag state + event-time timer).
 Prints one line per case: `CASE ok` or `CASE FAIL <error>`; exit code = number of failures.
 """
 import os
@@ -189,12 +190,51 @@ def _verbose(*args):
     print(*args, flush=True)
 
 
+class _BufferUntilEndOfWindow(beam.DoFn):
+  from apache_beam.transforms import userstate as _us
+  from apache_beam.coders import VarIntCoder as _vic
+  BUF = _us.BagStateSpec('buf', _vic())
+  TIMER = _us.TimerSpec('flush', _us.TimeDomain.WATERMARK)
+
+  def process(
+      self,
+      kv,
+      w=beam.DoFn.WindowParam,
+      buf=beam.DoFn.StateParam(BUF),
+      timer=beam.DoFn.TimerParam(TIMER)):
+    buf.add(kv[1])
+    timer.set(w.max_timestamp())
+
+  @beam.transforms.userstate.on_timer(TIMER)
+  def flush(self, key=beam.DoFn.KeyParam, buf=beam.DoFn.StateParam(BUF)):
+    yield (key, sum(buf.read()))
+    buf.clear()
+
+
+def case_stream_stateful(flags):
+  """Bag state + event-time timer (stateful DoFn) on a TestStream."""
+  stream = (
+      _kv_test_stream().advance_watermark_to(0).add_elements([
+          window.TimestampedValue(('s', 1), 1),
+          window.TimestampedValue(('s', 2), 2),
+          window.TimestampedValue(('s', 4), 12),
+      ]).advance_watermark_to_infinity())
+  opts = PipelineOptions(flags + ['--streaming'])
+  with beam.Pipeline(options=opts) as p:
+    res = (
+        p | stream
+        | beam.WindowInto(window.FixedWindows(10))
+        | beam.ParDo(_BufferUntilEndOfWindow()))
+    assert_that(res, equal_to([('s', 3), ('s', 4)]))
+
+
 CASES = {
     'batch': case_batch,
     'stream_fixed': case_stream_fixed,
     'stream_session': case_stream_session,
     'stream_proctime': case_stream_proctime,
     'stream_proctime_trigger': case_stream_proctime_trigger,
+    'stream_stateful': case_stream_stateful,
 }
 
 

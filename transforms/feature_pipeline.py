@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.dedup import DropDuplicateEvents
-from transforms.events import ParseEvents, payload_bytes
+from transforms.events import DeadLetter, ParseEvents, payload_bytes
 from transforms.features import ComputeFeatures
 from transforms.sinks import NewestCurrentRows, RunCommit, WriteDeadLetters, WriteOffline, WriteOnline
 from transforms.spec import FeatureSpecFile
@@ -143,16 +143,28 @@ class _SkipBlank(beam.DoFn):
 
 
 class DeadLetterPayloads(beam.DoFn):
-    """Dead-letter JSONL lines -> the records they hold, as received (to process them again)."""
+    """Dead-letter JSONL lines -> the records they hold, as received (to process them again).
+    Other lines pass unchanged, so one glob may match events and dead letters together (how
+    too-late events are recomputed with the rest of their windows)."""
+
+    _FIELDS = frozenset(DeadLetter._fields[:5])  # payload, reason, error, stage, time
 
     def __init__(self):
-        self._unreadable = Metrics.counter("read", "unreadable_dead_letters")
+        self._letters = Metrics.counter("read", "dead_letters_unwrapped")
 
     def process(self, line: bytes) -> Iterable[bytes]:
         try:
-            yield payload_bytes(orjson.loads(line))
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-            self._unreadable.inc()  # not a dead letter: passed on, the parser dead-letters it
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and self._FIELDS <= record.keys():
+            try:
+                payload = payload_bytes(record)
+            except (AttributeError, TypeError, ValueError):  # a damaged dead letter: judged as is
+                payload = line
+            self._letters.inc()
+            yield payload
+        else:
             yield line
 
 
