@@ -186,6 +186,7 @@ fetch_flink() {
 
   command -v mvn >/dev/null || die "flink: 'mvn' is not on PATH"
   command -v java >/dev/null || die "flink: 'java' is not on PATH"
+  [ -n "$PY" ] || die "flink: python3 is needed"
   local log="$CACHE/logs/flink-job-server-$FLINK_MINOR-$js.log"
   mkdir -p "$build" "$(dirname "$staged")"
   cp -f "$pom" "$build/pom.xml"
@@ -207,7 +208,8 @@ fetch_flink() {
   if [ -n "$rpath" ] && want="$(curl -sSf -m 30 "$MAVEN_CENTRAL/org/apache/beam/beam-runners-flink-$FLINK_MINOR/$js/$rj.sha512" 2>/dev/null | cut -c1-128)"; then
     [ "$(sha512sum "$rpath" | cut -c1-128)" = "$want" ] || die "flink: sha512 mismatch for $rpath"
   fi
-  unzip -p "$build/target/flink-job-server.jar" META-INF/MANIFEST.MF | grep -q "Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver" \
+  "$PY" -c 'import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read("META-INF/MANIFEST.MF").decode())' \
+      "$build/target/flink-job-server.jar" | grep -q "Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver" \
     || die "flink: assembled jar has no FlinkJobServerDriver main class"
   cp -f "$build/target/flink-job-server.jar" "$jar.tmp" && mv -f "$jar.tmp" "$jar"
   ln -f "$jar" "$staged.tmp" 2>/dev/null || cp -f "$jar" "$staged.tmp"
