@@ -137,7 +137,7 @@ def test_blocks_with_blank_lines_and_two_objects_on_a_line_match_the_event_path(
     results = []
     for fn in (fast, slow):
         fn._events_in = fn._parsed = fn._dead = fn._tiles = _NoCounter()
-        outs = list(fn.process(tiles.FileRange(str(path), 0, path.stat().st_size)))
+        outs = list(fn.process((tiles.FileRange(str(path), 0, path.stat().st_size), b"")))
         letters = sorted(o.value.reason for o in outs if isinstance(o, beam.pvalue.TaggedOutput))
         counts = {}
         for o in outs:

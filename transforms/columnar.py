@@ -35,6 +35,7 @@ from transforms.aggregate import (
     _Percentile,
     _Sum,
 )
+from transforms.dedup import hash_ids
 from transforms.events import MAX_DEPTH, ParsePlan
 from transforms.spec import FeatureViewSpec
 
@@ -126,11 +127,11 @@ class ColumnarChunks:
     def __init__(self, plan: ParsePlan, schema: pa.Schema):
         self._plan = plan
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        self._exclude: Optional[pa.Array] = None
+        self._exclude: Optional[np.ndarray] = None
 
-    def parse_block(self, block: bytes, exclude_ids: Optional[pa.Array] = None) -> tuple[list[pa.Table], list[bytes]]:
+    def parse_block(self, block: bytes, exclude_ids: Optional[np.ndarray] = None) -> tuple[list[pa.Table], list[bytes]]:
         """A block of whole JSONL lines -> (tables of clean rows, lines for the event path).
-        Rows whose id is in `exclude_ids` (known duplicates) also go to the event path. The
+        Rows whose id hash is in `exclude_ids` (ids that repeat) also go to the event path. The
         block is parsed as it is, without splitting it into lines, unless Arrow refuses it or
         some rows need the event path; then refused lines are isolated by bisection."""
         self._exclude = exclude_ids if exclude_ids is not None and len(exclude_ids) else None
@@ -196,8 +197,9 @@ class ColumnarChunks:
             column = table[field]
             good = pc.and_kleene(good, pc.or_kleene(pc.is_null(column), pc.is_finite(column)))
         if self._exclude is not None:
-            duplicate = pc.fill_null(pc.is_in(table[plan.id_field], value_set=self._exclude), False)
-            good = pc.and_kleene(good, pc.invert(duplicate))
+            ids = table[plan.id_field]
+            repeated = np.isin(hash_ids(ids), self._exclude) & pc.is_valid(ids).to_numpy()
+            good = pc.and_kleene(good, pa.array(~repeated))
         return pc.fill_null(good, False)
 
 

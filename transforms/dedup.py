@@ -3,15 +3,19 @@
 Streaming: a stateful DoFn keyed by event id keeps the first copy to arrive and remembers the
 id until the watermark passes its event time + horizon (Beam's DeduplicatePerKey pattern, plus a
 counter, because removed duplicates must be visible). Bounded: the duplicate ids are found in a
-cheap pre-pass over the ids, and only those events are grouped; per id the earliest copy is kept,
-and a later copy only when it is more than the horizon after the last one kept.
+cheap pre-pass over the ids (64-bit hashes, sharded, so no worker holds every id), and only those
+events are grouped; per id the earliest copy is kept, and a later copy only when it is more than
+the horizon after the last one kept.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate
@@ -107,6 +111,60 @@ def keep_within_horizon(events: Iterable[Event], horizon_ms: int) -> list[Event]
         if not kept or event.event_time_ms - kept[-1].event_time_ms > horizon_ms:
             kept.append(event)
     return kept
+
+
+_FNV_OFFSET = 0xCBF29CE484222325
+_PRIME = np.uint64(0x100000001B3)
+
+
+def hash_ids(ids: "pa.Array | pa.ChunkedArray") -> np.ndarray:
+    """64-bit hashes of a string column (nulls hash like ""), vectorised over Arrow's buffers:
+    a polynomial over the UTF-8 bytes, then a splitmix64 finaliser. Equal strings always hash
+    equal; a rare collision only sends two distinct ids through the exact (per-id) path."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+    ids = pc.fill_null(ids.cast(pa.large_string()), "")
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, offsets_buf, data_buf = ids.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[ids.offset: ids.offset + n + 1]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    lengths = np.diff(offsets)
+    with np.errstate(over="ignore"):
+        h = np.full(n, _FNV_OFFSET, dtype=np.uint64) ^ lengths.astype(np.uint64)
+        if hi > lo:
+            data = np.frombuffer(data_buf, dtype=np.uint8)[lo:hi].astype(np.uint64) + np.uint64(1)
+            ends = np.repeat(offsets[1:] - lo, lengths)
+            powers = np.cumprod(np.full(int(lengths.max()), _PRIME, dtype=np.uint64))
+            terms = data * powers[ends - 1 - np.arange(hi - lo)]
+            nonempty = lengths > 0
+            h[nonempty] += np.add.reduceat(terms, (offsets[:-1] - lo)[nonempty])
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def repeated_hashes(per_range: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """(range, id hashes) of one shard -> (range, the hashes of its ids that occur more than once
+    anywhere in the shard): what each range must send through the exact per-id path."""
+    keys, arrays = [], []
+    for key, data in per_range:
+        keys.append(key)
+        arrays.append(np.frombuffer(data, dtype=np.uint64))
+    if not arrays:
+        return
+    values, counts = np.unique(np.concatenate(arrays), return_counts=True)
+    repeated = values[counts > 1]
+    if not len(repeated):
+        return
+    for key, hashes in zip(keys, arrays):
+        hit = hashes[np.isin(hashes, repeated)]
+        if len(hit):
+            yield key, np.unique(hit).tobytes()
 
 
 def event_id_of(raw: Any, id_field: str) -> Optional[str]:

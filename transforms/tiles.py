@@ -11,11 +11,14 @@ Session windows are not tileable; they take the event path.
 
 from __future__ import annotations
 
+import io
 import logging
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
@@ -25,7 +28,7 @@ from apache_beam.transforms.window import TimestampedValue
 from transforms.aggregate import FeatureViewCombineFn
 from transforms.assembly import assemble_windows
 from transforms.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
-from transforms.dedup import event_id_of, keep_within_horizon
+from transforms.dedup import event_id_of, hash_ids, keep_within_horizon, repeated_hashes
 from transforms.events import DEAD_LETTER_TAG, Event, ParsePlan, event_timestamp, refuse
 from transforms.features import FeatureRow
 from transforms.gcpause import gc_paused
@@ -60,9 +63,10 @@ class FileRange(NamedTuple):
     end: int  # JSONL: byte offsets; Parquet: row groups [start, end)
 
 
-def split_files(paths: list[str], range_bytes: int = RANGE_BYTES) -> list[FileRange]:
+def split_files(paths: list[str], range_bytes: Optional[int] = None) -> list[FileRange]:
     """Byte ranges of JSONL files (lines are assigned to the range they start in) and
     row-group ranges of Parquet files, so several workers can read one big file."""
+    range_bytes = range_bytes or RANGE_BYTES
     ranges = []
     for path in paths:
         if is_parquet(path):
@@ -134,24 +138,29 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._dead = Metrics.counter("parse", "dead_lettered")
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
 
-    def process(self, file_range: FileRange, duplicate_ids: Iterable[str] = ()) -> Iterable:
+    def process(self, element: tuple[FileRange, bytes]) -> Iterable:
+        """(range, hashes of its ids that repeat somewhere in the input) -> tiles and letters."""
+        file_range, repeated = element
+        repeated_ids = np.frombuffer(repeated, dtype=np.uint64)
         if self._columnar is None or is_parquet(file_range.path):
-            return self._process_blocks((), read_range(file_range), list(duplicate_ids))
-        return self._process_blocks(read_blocks(file_range), (), list(duplicate_ids))
+            return self._process_blocks((), read_range(file_range), repeated_ids)
+        return self._process_blocks(read_blocks(file_range), (), repeated_ids)
 
-    def _process_lines(self, lines: Sequence[bytes], duplicate_ids: Sequence[str] = ()) -> Iterable:
+    def _process_lines(self, lines: Sequence[bytes]) -> Iterable:
         """Lines (without line breaks) as one block, as the reader would pass them."""
+        none = np.zeros(0, dtype=np.uint64)
         if self._columnar is None:
-            return self._process_blocks((), lines, duplicate_ids)
-        return self._process_blocks([b"\n".join(lines)] if lines else [], (), duplicate_ids)
+            return self._process_blocks((), lines, none)
+        return self._process_blocks([b"\n".join(lines)] if lines else [], (), none)
 
     def _process_blocks(self, blocks: Iterable[bytes], raw_events: Iterable[Any],
-                        duplicate_ids: Sequence[str] = ()) -> Iterable:
-        """Blocks of JSONL lines (the columnar parse), then raw events one at a time."""
+                        repeated_ids: np.ndarray) -> Iterable:
+        """Blocks of JSONL lines (the columnar parse), then raw events one at a time. Events
+        whose id hash is in `repeated_ids` take the exact per-id path (DUPLICATES_TAG)."""
         tiles: list[dict] = [{} for _ in self._views]
         counts = [0, 0]  # seen, parsed
-        self._duplicates = set(duplicate_ids)
-        exclude = pa.array(list(self._duplicates), pa.string()) if self._duplicates else None
+        self._repeated = repeated_ids if len(repeated_ids) else None
+        exclude = self._repeated
         if self._columnar is not None:
             for block in blocks:
                 tables, slow = self._columnar.parse_block(block, exclude)
@@ -175,8 +184,13 @@ class _ReadAndPreaggregate(beam.DoFn):
                 yield ((name, entity), (start, coder.encode(acc)))
 
     def _event_at_a_time(self, raw_events: Iterable[Any], tiles: list[dict], counts: list[int]) -> Iterable:
+        for batch in _batches(raw_events, 4096):
+            yield from self._parse_batch(batch, tiles, counts)
+
+    def _parse_batch(self, raw_events: list[Any], tiles: list[dict], counts: list[int]) -> Iterable:
         parse = self._plan.parse
         views = self._views
+        events = []
         for raw in raw_events:
             counts[0] += 1
             event, letter = refuse(raw, parse)
@@ -184,7 +198,15 @@ class _ReadAndPreaggregate(beam.DoFn):
                 yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
                 continue
             counts[1] += 1
-            if event.event_id is not None and event.event_id in self._duplicates:
+            events.append(event)
+        repeated = self._repeated
+        if repeated is not None and events:
+            ids = pa.array([e.event_id for e in events], pa.string())
+            exact = (np.isin(hash_ids(ids), repeated) & ids.is_valid().to_numpy(zero_copy_only=False)).tolist()
+        else:
+            exact = [False] * len(events)
+        for event, is_repeated in zip(events, exact):
+            if is_repeated:
                 yield pvalue.TaggedOutput(DUPLICATES_TAG, (event.event_id, event))  # resolved after a shuffle
                 continue
             t = event.event_time_ms
@@ -196,6 +218,71 @@ class _ReadAndPreaggregate(beam.DoFn):
                 if acc is None:
                     acc = view_tiles[key] = fn.create_accumulator()
                 fn.add_input(acc, event)
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _HashRangeIds(beam.DoFn):
+    """FileRange -> (shard, (range key, hashes of every id in it)): a superset of the ids the
+    parser will accept (Arrow reads the id column; blocks it refuses are decoded line by line
+    exactly as the parser decodes them), so no duplicate escapes the exact path."""
+
+    def __init__(self, id_field: str, shards: int):
+        self._id_field = id_field
+        self._shards = shards
+        self._schema = pa.schema([(id_field, pa.string())])
+
+    def process(self, file_range: FileRange) -> Iterable[tuple[int, tuple[str, bytes]]]:
+        hashes = np.concatenate([hash_ids(ids) for ids in self._ids(file_range)] or [np.zeros(0, np.uint64)])
+        if not len(hashes):
+            return
+        key = range_key(file_range)
+        shard = hashes % np.uint64(self._shards)
+        for s in np.unique(shard).tolist():
+            yield s, (key, hashes[shard == s].tobytes())
+
+    def _ids(self, file_range: FileRange) -> Iterator[pa.Array]:
+        field = self._id_field
+        if is_parquet(file_range.path):
+            with FileSystems.open(file_range.path) as handle:
+                parquet = pq.ParquetFile(handle)
+                if field not in parquet.schema_arrow.names:
+                    return
+                column = parquet.read_row_groups(list(range(file_range.start, file_range.end)),
+                                                 columns=[field])[field]
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                yield column.combine_chunks()
+            else:
+                yield pa.array([event_id_of({field: v}, field) for v in column.to_pylist()], pa.string())
+            return
+        options = pj.ParseOptions(explicit_schema=self._schema, unexpected_field_behavior="ignore")
+        for block in read_blocks(file_range):
+            try:
+                table = pj.read_json(io.BytesIO(block), parse_options=options,
+                                     read_options=pj.ReadOptions(use_threads=False, block_size=len(block) + 1))
+                yield table[field].combine_chunks()
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                yield pa.array([event_id_of(line, field) for line in block_lines(block)], pa.string())
+
+
+def range_key(file_range: FileRange) -> str:
+    return f"{file_range.start}:{file_range.end}:{file_range.path}"
+
+
+def _with_repeated(element: tuple[str, dict]) -> Iterator[tuple[FileRange, bytes]]:
+    _, joined = element
+    repeated = b"".join(joined["repeated"])
+    for file_range in joined["range"]:
+        yield file_range, repeated
 
 
 class _KeptEventsToTiles(beam.DoFn):
@@ -273,26 +360,36 @@ class TiledBackfill(beam.PTransform):
         self._views = [v for v in spec.feature_views if tileable(v)]
         self._emit_events = len(self._views) < len(spec.feature_views)
         self._paths = paths
+        self._ranges = split_files(paths)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> TiledRead:
         ranges = (
             pbegin
-            | "File ranges" >> beam.Create(split_files(self._paths))
+            | "File ranges" >> beam.Create(self._ranges)
             | "Spread ranges" >> beam.Reshuffle()
         )
-        duplicate_ids: Any = []
         id_field = self._spec.source.id_field
         if id_field:
-            # Pre-pass over ids only: which ids occur more than once anywhere in the input.
-            duplicate_ids = beam.pvalue.AsList(
+            # Pre-pass over ids only: the hashes of ids that occur more than once anywhere in the
+            # input, found per hash shard (no worker holds every id) and sent back to the ranges
+            # that hold them (a keyed join, not a side input of every repeated id).
+            shards = max(8, min(256, len(self._ranges)))
+            repeated = (
                 ranges
-                | "Read ids" >> beam.FlatMap(lambda r: filter(None, (event_id_of(raw, id_field) for raw in read_range(r))))
-                | "Count ids" >> beam.combiners.Count.PerElement()
-                | "Repeated ids" >> beam.Filter(lambda kv: kv[1] > 1)
-                | "Ids" >> beam.Keys()
+                | "Hash ids" >> beam.ParDo(_HashRangeIds(id_field, shards))
+                | "Shard ids" >> beam.GroupByKey()
+                | "Repeated ids" >> beam.FlatMap(lambda shard: repeated_hashes(shard[1]))
             )
-        read = ranges | "Read and pre-aggregate" >> beam.ParDo(
-            _ReadAndPreaggregate(self._spec, self._views, self._emit_events), duplicate_ids
+            keyed = ranges | "Key ranges" >> beam.Map(lambda r: (range_key(r), r))
+            work = (
+                {"range": keyed, "repeated": repeated}
+                | "Join repeated ids" >> beam.CoGroupByKey()
+                | "Ranges with repeated ids" >> beam.FlatMap(_with_repeated)
+            )
+        else:
+            work = ranges | "No ids" >> beam.Map(lambda r: (r, b""))
+        read = work | "Read and pre-aggregate" >> beam.ParDo(
+            _ReadAndPreaggregate(self._spec, self._views, self._emit_events)
         ).with_outputs(DEAD_LETTER_TAG, EVENTS_TAG, DUPLICATES_TAG, main="tiles")
         tiles = read.tiles
         events = read[EVENTS_TAG]
