@@ -42,6 +42,7 @@ from transforms.events import (
     dead_letter,
     decode_json,
     refuse,
+    valid_text,
 )
 from transforms.features import FeatureRow
 from transforms.spec import EmbeddingSpec, FeatureSpecFile
@@ -394,6 +395,8 @@ def parse_text_event(raw: Any, plan: ParsePlan, field: str,
     text = record.get(field)
     if text is not None and not isinstance(text, str):
         raise BadEvent("bad_type", f"{field}: must be a string (got {_short(text)})")
+    if text is not None:
+        text = valid_text(text, field)  # records that arrive as objects may hold lone surrogates
     return TextRecord(event.keys[0], event.event_time_ms, text)
 
 

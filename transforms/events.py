@@ -210,7 +210,7 @@ class ParsePlan:
             if raw_id is not None:
                 if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
                     raise BadEvent("bad_type", f"{self.id_field}: must be a string or integer (got {raw_id!r})")
-                event_id = _valid_text(raw_id, self.id_field) if isinstance(raw_id, str) else str(raw_id)
+                event_id = valid_text(raw_id, self.id_field) if isinstance(raw_id, str) else str(raw_id)
         return Event(event_time_ms, event_id, keys, nums, strs, matches)
 
 
@@ -292,13 +292,13 @@ def _entity_key(value: Any, field: str, dtype: str) -> str:
                 "bad_type",
                 f"{field}: entity key must be a string (got {value!r}); set the entity's dtype: int64 for integer keys",
             )
-        return _valid_text(value, field)
+        return valid_text(value, field)
     if isinstance(value, bool) or not isinstance(value, int) or not _INT64[0] <= value <= _INT64[1]:
         raise BadEvent("bad_type", f"{field}: entity key must be a 64-bit integer (got {value!r})")
     return str(value)
 
 
-def _valid_text(value: str, field: str) -> str:
+def valid_text(value: str, field: str) -> str:
     """Strings from JSON bytes are valid Unicode already; records that arrive as objects (a
     Beam user's dicts) may hold lone surrogates, which no store can encode."""
     if value.isascii() or _encodable(value):
@@ -324,7 +324,7 @@ def _string(value: Any, field: str, mode: str) -> Optional[str]:
     if value is None:
         return None
     if isinstance(value, str):
-        return _valid_text(value, field)
+        return valid_text(value, field)
     if mode == "text" and isinstance(value, (int, float, bool)):
         if isinstance(value, float) and not math.isfinite(value):
             raise BadEvent("bad_type", f"{field}: must be finite (got {value!r})")
