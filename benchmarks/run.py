@@ -30,7 +30,7 @@ from benchmarks import environment, report
 from benchmarks.crosscheck import compare
 from benchmarks.measure import load_average, run_case
 from benchmarks.redis_sink import RedisServer
-from benchmarks.workload import FIXED_VIEW, SLIDING_VIEW, EventSet, write_events, write_spec
+from benchmarks.workload import FIXED_VIEW, REAL_SPEC, SLIDING_VIEW, EventSet, write_events, write_spec
 
 _LOG = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -49,6 +49,10 @@ class Plan:
     redis_per_row_rows: int = 10_000
     redis_benchmark_requests: int = 200_000
     timeout_s: float = 600.0
+    # memory on real-shaped logs (RFC 3339 times, ids, 1 % redelivered) over 20,000 users: this
+    # many events, then 4x as many in the same span of event time
+    real_memory: int = 500_000
+    real_memory_users: int = 20_000
 
 
 FULL = Plan()
@@ -64,6 +68,8 @@ QUICK = Plan(
     redis_per_row_rows=1_000,
     redis_benchmark_requests=20_000,
     timeout_s=180.0,
+    real_memory=10_000,
+    real_memory_users=2_000,
 )
 
 
@@ -73,6 +79,7 @@ class Suite:
         self.workdir = workdir
         self.results_dir = results_dir
         self.spec = str(write_spec(workdir / "spec.yaml"))
+        self.real_spec = str(write_spec(workdir / "spec_real.yaml", REAL_SPEC))
         shutil.copy(self.spec, results_dir / "spec.yaml")
         self.cases: dict[str, dict[str, Any]] = {}
         self.data: dict[str, dict[str, Any]] = {}
@@ -121,13 +128,14 @@ class Suite:
         meta: dict[str, Any],
         preaggregate: str = "true",
         extra_args: Optional[list[str]] = None,
+        spec: Optional[str] = None,
     ) -> dict[str, Any]:
         return self.measure(
             label,
             "backfill",
             events_path=meta["path"],
             events=meta["events"],
-            spec=self.spec,
+            spec=spec or self.spec,
             out_dir=str(self.workdir / label),
             preaggregate=preaggregate,
             extra_args=extra_args or [],
@@ -165,6 +173,13 @@ class Suite:
         self.backfill("b1_tiled_large_dense", dense)
         self.backfill("b1_tiled_large_dense_x2", dense2)
         self.backfill("b1_event_path_small", small, preaggregate="false")
+        # peak memory follows distinct (entity, window) state, not events: 4x the events over the
+        # same users and span of event time, real-shaped (ids de-duplicated, RFC 3339 times)
+        span_s = 10_000
+        for label, n in (("b1_real_memory", plan.real_memory), ("b1_real_memory_x4", 4 * plan.real_memory)):
+            meta = self.events(label, EventSet(n, users=plan.real_memory_users, events_per_second=n / span_s,
+                                               shape="real"))
+            self.backfill(label, meta, spec=self.real_spec)
         self.measure(
             "b2_streaming",
             "streaming",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -66,15 +68,47 @@ class EventSet:
     items: int = 500
     events_per_second: float = 50.0
     out_of_order_fraction: float = 0.05
+    shape: str = "plain"  # plain: epoch-ms times, unique ids | real: real_shaped()
 
     @property
     def name(self) -> str:
-        return f"events_{self.events}_eps{self.events_per_second:g}_seed{self.seed}.jsonl"
+        prefix = "events" if self.shape == "plain" else f"{self.shape}_events"
+        return f"{prefix}_{self.events}_u{self.users}_eps{self.events_per_second:g}_seed{self.seed}.jsonl"
 
 
-def write_spec(path: Path) -> Path:
-    path.write_text(yaml.safe_dump(SPEC, sort_keys=False), encoding="utf-8")
+# The same views over real-shaped logs, with de-duplication by event id.
+REAL_SPEC: dict[str, Any] = {**SPEC, "source": {"timestamp_field": "event_time", "id_field": "event_id"}}
+
+
+def write_spec(path: Path, spec: dict[str, Any] = SPEC) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
+
+
+def real_shaped(lines: Iterable[bytes], seed: int, duplicate_share: float = 0.01) -> Iterator[bytes]:
+    """Events shaped like real logs: event times as RFC 3339 strings (with and without fractions,
+    `Z` and offsets) mixed with epoch ms in one file, and ~1 % of events redelivered a little
+    later (the same id and record)."""
+    rng = random.Random(seed)
+    formats = (
+        lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        lambda d: d.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat(timespec="microseconds"),
+        lambda d: d.astimezone(dt.timezone(dt.timedelta(hours=-5, minutes=-30))).isoformat(),
+    )
+    pending: list[bytes] = []
+    for line in lines:
+        record = json.loads(line)
+        if rng.random() < 0.6:
+            when = dt.datetime.fromtimestamp(record["event_time"] / 1000, dt.timezone.utc)
+            record["event_time"] = rng.choice(formats)(when)
+        out = json.dumps(record, separators=(",", ":")).encode()
+        yield out
+        if rng.random() < duplicate_share:
+            pending.append(out)
+        if len(pending) > 20:
+            yield pending.pop(0)
+    yield from pending
 
 
 def write_events(directory: Path, event_set: EventSet) -> dict[str, Any]:
@@ -91,8 +125,17 @@ def write_events(directory: Path, event_set: EventSet) -> dict[str, Any]:
         events_per_second=event_set.events_per_second,
         out_of_order_fraction=event_set.out_of_order_fraction,
     )
+    if event_set.shape == "real":
+        lines = real_shaped(lines, event_set.seed)
     write_jsonl(str(path), lines)
-    meta = {**asdict(event_set), "path": str(path), "bytes": path.stat().st_size, **describe(path)}
+    if event_set.shape == "plain":
+        shape = describe(path)
+    else:  # string timestamps: the generator's own numbers (redelivered copies included)
+        with open(path, "rb") as handle:
+            count = sum(1 for _ in handle)
+        shape = {"events": count, "span_s": round(event_set.events / event_set.events_per_second, 1),
+                 "out_of_order_share": event_set.out_of_order_fraction}
+    meta = {**asdict(event_set), "path": str(path), "bytes": path.stat().st_size, **shape}
     meta_path.write_text(json.dumps(meta))
     return meta
 
