@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean engines
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pipelines.demo
 
-test: $(STAMP)
+# Real Beam engines for tests/test_engines.py: Prism, a Flink 1.19 job server and a Flink
+# distribution, pinned and cached (engines/README.md); a second run only checks checksums.
+engines:
+	bash engines/fetch.sh prism flink flink-dist
+
+test: $(STAMP) engines
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

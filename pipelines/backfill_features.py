@@ -110,7 +110,7 @@ def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineRes
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
-        report(run(argv))
+        report(run(argv), PipelineOptions(argv))
 
     run_main("backfill_features", _main)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import sys
 from typing import NoReturn, Optional
 
@@ -107,6 +108,15 @@ def check_outputs(stores: "FeatureStoreOptions") -> None:
             raise UsageError(f"{flag}: cannot write to {path!r} ({existing} is not writable)")
 
 
+def prism_cached() -> bool:
+    """Whether Prism is in Beam's cache (`make engines` puts it there), so that PrismRunner and
+    the DirectRunner's first choice run it without a download."""
+    arch = {"x86_64": "amd64", "x86-64": "amd64", "x64": "amd64", "aarch64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower())
+    name = f"apache_beam-v{beam.__version__}-prism-{platform.system().lower()}-{arch}.zip"
+    return os.path.exists(os.path.join(os.path.expanduser("~/.apache_beam/cache/prism/bin"), name))
+
+
 def use_streaming_engine(options: PipelineOptions, pubsub: "PubSubInputOptions") -> bool:
     """Streaming mode. Beam's DirectRunner would hand a streaming pipeline without Pub/Sub or
     TestStream to its batch engine (which cannot fire processing-time triggers), after first
@@ -163,8 +173,30 @@ def check_online_store(url: str, spec: FeatureSpecFile) -> None:
         store.close()
 
 
-def report(result: beam.runners.runner.PipelineResult, out=sys.stderr) -> dict[str, int]:
-    """Print the pipeline's counters (events in, parsed, dead letters, panes, writes)."""
+def engine_name(result: beam.runners.runner.PipelineResult, options: Optional[PipelineOptions] = None) -> str:
+    """The engine that ran a pipeline: Beam's DirectRunner hands a pipeline to Prism when it can
+    (its binary cached or downloadable), else to its Python engines; the result's type tells."""
+    from apache_beam.runners.direct.direct_runner import DirectPipelineResult
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import RunnerResult
+
+    if isinstance(result, RunnerResult):
+        return "FnApiRunner (Beam's Python batch engine)"
+    if isinstance(result, DirectPipelineResult):
+        return "BundleBasedDirectRunner (Beam's Python streaming engine)"
+    runner = runner_name(options) if options is not None else type(result).__name__
+    if runner.lower() in ("directrunner", "prismrunner"):
+        return "Prism"
+    if runner.lower() == "flinkrunner":
+        return f"Flink ({options.get_all_options().get('flink_master') or '[auto]'})"
+    return runner
+
+
+def report(result: beam.runners.runner.PipelineResult, options: Optional[PipelineOptions] = None,
+           out=None) -> dict[str, int]:
+    """Print the engine that ran and the pipeline's counters (events in, parsed, dead letters,
+    panes, writes) to `out` (default: stderr)."""
+    out = out or sys.stderr
+    print(f"engine: {engine_name(result, options)}", file=out)
     counters: dict[str, int] = {}
     try:
         for counter in result.metrics().query()["counters"]:

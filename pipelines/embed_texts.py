@@ -194,7 +194,7 @@ def run(
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
-        report(run(argv))
+        report(run(argv), PipelineOptions(argv))
 
     run_main("embed_texts", _main)
 

@@ -8,6 +8,7 @@ each test writes under its own project name instead.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from typing import Iterator
 
 import pytest
 import redis
+from apache_beam import __version__ as beam_version
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +47,52 @@ def batch_options(**extra) -> PipelineOptions:
 
 def streaming_options(**extra) -> PipelineOptions:
     options = PipelineOptions([], runner="BundleBasedDirectRunner", **extra)
+    options.view_as(StandardOptions).streaming = True
+    return options
+
+
+# --- real engines (`make engines`, engines/README.md) ----------------------------------------------
+
+BEAM_CACHE = Path.home() / ".apache_beam" / "cache"  # where Beam's runners look; fetch.sh stages there
+ENGINES_CACHE = Path(os.environ.get("BEAM_ENGINES_CACHE", Path.home() / ".cache" / "beam-feature-engines"))
+FLINK_HOME = ENGINES_CACHE / "flink-1.19.0"
+FLINK_ARGS = ["--runner", "FlinkRunner", "--flink_version", "1.19", "--environment_type", "LOOPBACK"]
+# TestStream on Flink: one element per bundle, or a late element lands in an EARLY pane (the
+# watermark hold of a bundle covers it); one task, so panes come out in the stream's order.
+FLINK_TEST_STREAM_ARGS = ["--max_bundle_size", "1", "--parallelism", "1"]
+
+
+def prism_binary() -> Path:
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "amd64")
+    return BEAM_CACHE / "prism" / "bin" / f"apache_beam-v{beam_version}-prism-{platform.system().lower()}-{arch}"
+
+
+def flink_job_server_jar() -> Path:
+    return BEAM_CACHE / "jars" / f"beam-runners-flink-1.19-job-server-{beam_version}.jar"
+
+
+def runner_args(engine: str) -> list[str]:
+    """Runner flags for an engine, after checking it is there (PrismRunner would otherwise try to
+    download from GitHub, FlinkRunner from Maven Central). Flink runs its embedded mini cluster."""
+    if engine == "fnapi":
+        return ["--runner", "FnApiRunner"]
+    if engine == "direct":
+        return ["--runner", "BundleBasedDirectRunner"]
+    if engine == "prism":
+        if not prism_binary().exists():
+            skip_or_fail(f"no Prism binary at {prism_binary()}: run `make engines`")
+        return ["--runner", "PrismRunner"]
+    if engine == "flink":
+        if not flink_job_server_jar().exists() or shutil.which("java") is None:
+            skip_or_fail(f"no Flink job server jar at {flink_job_server_jar()} or no java: run `make engines`")
+        return FLINK_ARGS + ["--flink_master", "[local]"]
+    raise ValueError(engine)
+
+
+def streaming_options_on(engine: str) -> PipelineOptions:
+    """Streaming options for a TestStream pipeline on one engine."""
+    args = runner_args(engine) + (FLINK_TEST_STREAM_ARGS if engine == "flink" else [])
+    options = PipelineOptions(args)
     options.view_as(StandardOptions).streaming = True
     return options
 

@@ -78,7 +78,8 @@ def test_replay_emits_early_on_time_and_late_panes_with_correct_final_values(rep
     (["--input_subscription", "topics/x"],
      '--input_subscription must be in the form "projects/<project>/subscriptions/<subscription>"'),
     ([], "give exactly one input: --input_subscription, --input_topic, or --events [--replay]"),
-    (["--events", "x.jsonl"], "--events without --replay needs a runner such as FlinkRunner"),
+    (["--events", "x.jsonl", "--runner", "BundleBasedDirectRunner"],
+     "--events without --replay reads files as a stream, which needs Prism"),
     (["--events", "x.jsonl", "--replay", "--runner", "DataflowRunner"], "--replay runs on the DirectRunner only"),
 ])
 def test_usage_errors_are_one_clear_line(args, message, tmp_path, capsys):
@@ -105,33 +106,3 @@ def test_portable_runner_with_embedded_job_server_gives_the_same_rows(replay_fil
         table = ds.dataset(offline / "user_5m", partitioning="hive").to_table().drop(["created_timestamp"])
         outputs[name] = sorted(table.to_pylist(), key=lambda r: (r["user_id"], r["window_end"]))
     assert outputs["portable"] == outputs["fnapi"] and len(outputs["fnapi"]) > 100
-
-
-def _flink_configured() -> list[str] | None:
-    if os.environ.get("FLINK_MASTER"):
-        return ["--runner", "FlinkRunner", "--flink_master", os.environ["FLINK_MASTER"],
-                "--environment_type", "LOOPBACK"]
-    if os.environ.get("FLINK_JOB_SERVER_JAR"):
-        return ["--runner", "FlinkRunner", "--flink_job_server_jar", os.environ["FLINK_JOB_SERVER_JAR"],
-                "--environment_type", "LOOPBACK"]
-    return None
-
-
-@pytest.mark.flink
-def test_streaming_pipeline_on_flink(replay_file, tmp_path):
-    runner_args = _flink_configured()
-    if runner_args is None:
-        pytest.skip("Flink not configured: set FLINK_MASTER=host:port or FLINK_JOB_SERVER_JAR=path "
-                    "(Beam's job-server jar is not reachable from this machine)")
-    events, good = replay_file
-    offline = tmp_path / "offline"
-    streaming_features.run(["--events", str(events), "--feature_spec", str(EXAMPLE_SPEC),
-                            "--online_store", f"sqlite:///{tmp_path}/o.db", "--offline_store", str(offline)]
-                           + runner_args)
-    spec = load_spec(EXAMPLE_SPEC)
-    view = spec.view("item_1h")
-    final = _final_panes(offline, view.name, "item_id")
-    for k, values in all_windows(spec, view, good).items():
-        for feature in view.features:
-            assert_close(feature, final[k][feature.name], values[feature.name])
-    shutil.rmtree(offline)

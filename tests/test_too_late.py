@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import streaming_options
+from conftest import streaming_options_on
 from helpers import T0, make_spec, ms, view
 from transforms.events import ParsePlan
 from transforms.feature_pipeline import FeaturePipeline
@@ -20,7 +21,10 @@ def line(t: float, amount: float) -> bytes:
     return json.dumps({"ts": ms(t), "user_id": "u1", "amount": amount}).encode()
 
 
-def test_too_late_events_become_dead_letters_and_late_ones_late_panes():
+# The replay is a TestStream whose processing time follows event time: not on Flink (see
+# streaming_features.REPLAY_REFUSED); Flink's too-late guard runs in tests/test_engines.py.
+@pytest.mark.parametrize("engine", ["direct", "prism"])
+def test_too_late_events_become_dead_letters_and_late_ones_late_panes(engine):
     spec = make_spec([view(allowed_lateness="1m")])  # fixed 1 minute windows
     lines = [
         line(1, 1.0), line(10, 2.0),
@@ -30,7 +34,7 @@ def test_too_late_events_become_dead_letters_and_late_ones_late_panes():
         line(400, 32.0),
     ]
     stream, stats = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=0, chunk=1)
-    with beam.Pipeline(options=streaming_options()) as p:
+    with beam.Pipeline(options=streaming_options_on(engine)) as p:
         out = p | stream | FeaturePipeline(spec, streaming=True, clock="element")
         assert_that(
             out.rows | "panes" >> beam.Map(lambda r: (r.window_start_ms, r.pane_timing, r.features)),

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import userstate
+from apache_beam.transforms import userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
@@ -98,6 +98,12 @@ class DropDuplicateEvents(beam.PTransform):
         else:
             unique = (
                 keyed
+                # The grouped copies keep their earliest time and are re-timestamped to their
+                # own (later or equal) event times. With the default END_OF_WINDOW combiner the
+                # group would sit at the end of the global window, so a runner that tracks the
+                # watermark in batch (Prism) would find every event behind it and drop it as late.
+                | "Hold at earliest" >> beam.WindowInto(
+                    window.GlobalWindows(), timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
                 | "Group copies" >> beam.GroupByKey()
                 | "Keep within horizon" >> beam.ParDo(_KeepWithinHorizon(self._horizon_s)).with_output_types(Event)
             )

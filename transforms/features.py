@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterable, NamedTuple, Tuple
 
 import apache_beam as beam
+from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import window
+from apache_beam.transforms import userstate, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.aggregate import FeatureViewCombineFn
 from transforms.events import Event, ParsePlan
-from transforms.spec import FeatureSpecFile, FeatureViewSpec
+from transforms.spec import FeatureSpecFile, FeatureViewSpec, SessionWindow
 from transforms.windowing import WindowFromSpec
 
 _TIMING = {
@@ -71,6 +73,35 @@ class _ToFeatureRow(beam.DoFn):
         )
 
 
+class _DropRepeatedPanes(beam.DoFn):
+    """Per entity and window, streaming: a pane that carries no event, or a LATE pane whose values
+    equal the last pane emitted, is not emitted (it tells nothing the stores do not hold).
+
+    Why: Beam's Python SDK declares every windowing strategy with closing behaviour EMIT_ALWAYS
+    (`Windowing.to_runner_api`, "TODO: Support EMIT_IF_NONEMPTY"); its own DirectRunner ignores
+    that, but Prism re-fires every accumulating window once more when it closes (end + allowed
+    lateness: a LATE pane repeating the last values, apache/beam#33623), and Flink fires a pane
+    without data after a window's state was cleared. Pane indexes stay contiguous: only a
+    window's last pane can be such a repeat."""
+
+    LAST = userstate.ReadModifyWriteStateSpec("last", BytesCoder())
+
+    def __init__(self):
+        self._dropped = Metrics.counter("features", "repeated_panes_dropped")
+
+    def process(self, element: tuple[str, FeatureRow], last=beam.DoFn.StateParam(LAST)) -> Iterable[FeatureRow]:
+        row = element[1]
+        if row.max_event_time_ms < 0:  # no event in this pane (the accumulator's initial time)
+            self._dropped.inc()
+            return
+        digest = hashlib.blake2b(repr((row.max_event_time_ms, row.features)).encode(), digest_size=16).digest()
+        if row.pane_timing == "LATE" and last.read() == digest:
+            self._dropped.inc()
+            return
+        last.write(digest)
+        yield row
+
+
 class ComputeFeatures(beam.PTransform):
     """PCollection[Event] -> PCollection[FeatureRow] for one view, all features in one pass."""
 
@@ -84,14 +115,24 @@ class ComputeFeatures(beam.PTransform):
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         index = self._entity_index
         join_key = self._spec.entities[self._view.entity].join_key
-        return (
+        rows = (
             events
             | f"Key by {join_key}"
             >> beam.Map(lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
             | "Window" >> WindowFromSpec(self._view, self._streaming)
             | "Aggregate" >> beam.CombinePerKey(FeatureViewCombineFn(self._spec, self._view))
             | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name))
-            # Rows carry their window as fields; a global window lets views with different
-            # windowing be flattened and written together.
-            | "Rows to global window" >> beam.WindowInto(window.GlobalWindows())
         )
+        if self._streaming and isinstance(self._view.window, SessionWindow):
+            # state needs non-merging windows (Prism refuses streaming sessions, see windowing)
+            rows = rows | "Drop empty panes" >> beam.Filter(lambda r: r.max_event_time_ms >= 0)
+        elif self._streaming:
+            rows = (
+                rows
+                # rows keep Beam's primitive coder (see FeatureRow): hint Any, not the NamedTuple
+                | "Key rows" >> beam.Map(lambda r: (r.entity, r)).with_output_types(Tuple[str, Any])
+                | "Drop repeated panes" >> beam.ParDo(_DropRepeatedPanes())
+            )
+        # Rows carry their window as fields; a global window lets views with different
+        # windowing be flattened and written together.
+        return rows | "Rows to global window" >> beam.WindowInto(window.GlobalWindows())

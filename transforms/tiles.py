@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.aggregate import FeatureViewCombineFn
@@ -367,6 +368,12 @@ class TiledBackfill(beam.PTransform):
             pbegin
             | "File ranges" >> beam.Create(self._ranges)
             | "Spread ranges" >> beam.Reshuffle()
+            # Every grouping below emits at its earliest input time (the ranges' minimum), so
+            # events re-timestamped to their event times after a grouping are never behind the
+            # watermark; with Beam's default (end of the global window) a runner that tracks the
+            # watermark in batch, as Prism does, drops them as late in a session window.
+            | "Hold at earliest" >> beam.WindowInto(
+                window.GlobalWindows(), timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
         )
         id_field = self._spec.source.id_field
         if id_field:

@@ -6,10 +6,11 @@ from typing import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger as tr
 from apache_beam.transforms import window
 
-from transforms.spec import FeatureViewSpec, FixedWindow, SlidingWindow
+from transforms.spec import FeatureViewSpec, FixedWindow, SessionWindow, SlidingWindow
 
 
 def window_fn(view: FeatureViewSpec) -> window.WindowFn:
@@ -51,6 +52,12 @@ class WindowFromSpec(beam.PTransform):
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         if not self._streaming:
             return pcoll | beam.WindowInto(window_fn(self._view))
+        runner = pcoll.pipeline._options.view_as(StandardOptions).runner
+        if isinstance(self._view.window, SessionWindow) and str(runner).lower() == "prismrunner":
+            raise ValueError(
+                f"feature view {self._view.name!r}: session windows cannot stream on Prism: it labels a "
+                f"merged session's panes wrongly (pane index -1, EARLY for the on-time pane; merging "
+                f"windows, apache/beam#31438); use Flink, Dataflow or the DirectRunner")
         return pcoll | beam.WindowInto(
             window_fn(self._view),
             trigger=build_trigger(self._view),

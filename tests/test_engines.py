@@ -1,0 +1,409 @@
+"""The pipelines on real Beam engines (`make engines`, engines/README.md): Prism and Flink.
+
+- backfill on Prism and on Flink's embedded mini cluster, fast path and event path, into SQLite
+  and Redis: offline rows, dead letters and counters equal the FnApiRunner run of the same input,
+  values equal the plain-Python reference, and the offline commit replaces an earlier run's files;
+- streaming (files read as a stream) on a local Flink session cluster into Redis, and on Prism:
+  final panes and online values equal the reference;
+- the replay (TestStream) is refused on Prism with the reason, and the reason still holds.
+
+A missing engine skips on a laptop and fails under CI (conftest.skip_or_fail).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.dataset as ds
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from conftest import EXAMPLE_SPEC, FLINK_ARGS, FLINK_HOME, REPO, runner_args, skip_or_fail
+from helpers import make_spec, ms, view
+from pipelines import backfill_features, streaming_features
+from pipelines.common import engine_name
+from pipelines.get_features import get_features
+from pipelines.sample_events import generate
+from reference import all_windows, assert_close, current_windows, feature_value
+from test_backfill import good_records, spec_with_project
+from transforms.events import ParsePlan
+from transforms.feature_pipeline import FeaturePipeline
+from transforms.replay import build_replay
+from transforms.sinks import read_dead_letters
+from transforms.spec import load_spec
+from transforms.stores.feast_codec import rfc3339
+
+N_EVENTS = 2000
+MALFORMED_EVERY = 500
+
+
+@pytest.fixture(scope="module")
+def engine_input(tmp_path_factory):
+    path = tmp_path_factory.mktemp("engine_events") / "events.jsonl"
+    lines = list(generate(N_EVENTS, seed=3, users=40, items=60, events_per_second=20,
+                          malformed_every=MALFORMED_EVERY))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, good_records(lines)
+
+
+def offline_rows(offline: Path, view_name: str) -> list[dict]:
+    table = ds.dataset(offline / view_name, partitioning="hive").to_table().drop(["created_timestamp"])
+    return sorted(table.to_pylist(), key=lambda r: tuple(str(v) for v in r.values()))
+
+
+def letters(offline: Path) -> list[tuple]:
+    return sorted((d["reason"], d["stage"], d["payload"]) for d in read_dead_letters(str(offline / "_dead_letters")))
+
+
+def data_files(offline: Path) -> set[str]:
+    return {str(p.relative_to(offline)) for p in offline.rglob("*") if p.is_file()}
+
+
+def online_values(spec_path: Path, online: str, good: list[dict]) -> dict:
+    spec = load_spec(spec_path)
+    out = {}
+    for v in spec.feature_views:
+        entities = sorted(current_windows(spec, v, good))
+        for line in get_features(str(spec_path), online, v.name, entities):
+            out[(v.name, line["entity"])] = (line["window_start"], line["window_end"], line["features"])
+    return out
+
+
+def same(value, expected) -> bool:
+    """Equal; floats to 1e-12 (a stream adds in another order than the fast path's tiles)."""
+    if isinstance(expected, float) and isinstance(value, float):
+        return value == pytest.approx(expected, rel=1e-12)
+    return value == expected
+
+
+def _order_dependent(spec) -> set[str]:
+    """Features whose value depends on the order of merges (KLL percentiles): checked against the
+    plain-Python reference within the sketch's bounds instead of against another engine's run."""
+    return {f.name for v in spec.feature_views for f in v.features if f.agg == "approx_percentile"}
+
+
+def assert_same_online(got: dict, want: dict, spec) -> None:
+    assert got.keys() == want.keys()
+    skip = _order_dependent(spec)
+    for k, (start, end, features) in want.items():
+        assert got[k][:2] == (start, end), k
+        for name, value in features.items():
+            if name not in skip:
+                assert same(got[k][2][name], value), (k, name, got[k][2][name], value)
+
+
+def assert_same_rows(v, rows: list[dict], baseline: list[dict]) -> None:
+    """The FnApiRunner's windows and panes, with its values (floats to 1e-12: an engine may add in
+    another order; percentiles against the reference)."""
+    names = {f.name for f in v.features}
+    skip = {f.name for f in v.features if f.agg == "approx_percentile"}
+    assert [{c: x for c, x in r.items() if c not in names} for r in rows] == [
+        {c: x for c, x in r.items() if c not in names} for r in baseline], v.name
+    for r, b in zip(rows, baseline):
+        for name in names - skip:
+            assert same(r[name], b[name]), (v.name, name, r, b)
+
+
+def counters(result) -> dict[str, int]:
+    totals: dict[str, int] = defaultdict(int)
+    for c in result.metrics().query()["counters"]:
+        totals[f"{c.key.metric.namespace}.{c.key.metric.name}"] += c.committed or c.attempted or 0
+    return totals
+
+
+def assert_equals_reference(spec_path: Path, good: list[dict], final: dict, online: dict) -> None:
+    """final: {(view, entity, start_ms, end_ms): row}; online: online_values(...)."""
+    spec = load_spec(spec_path)
+    for v in spec.feature_views:
+        expected = all_windows(spec, v, good)
+        got = {k[1:]: r for k, r in final.items() if k[0] == v.name}
+        assert got.keys() == expected.keys(), v.name
+        for k, values in expected.items():
+            for feature in v.features:
+                assert_close(feature, got[k][feature.name], values[feature.name])
+        for entity, (start, end, values) in current_windows(spec, v, good).items():
+            window_start, window_end, features = online[(v.name, entity)]
+            assert (window_start, window_end) == (rfc3339(start), rfc3339(end)), (v.name, entity)
+            for feature in v.features:
+                assert_close(feature, features[feature.name], values[feature.name])
+
+
+def window_key(view_name: str, key: str, row: dict) -> tuple:
+    return (view_name, row[key], int(row["window_start"].timestamp() * 1000), int(row["window_end"].timestamp() * 1000))
+
+
+@pytest.fixture(scope="module")
+def fnapi_backfill(engine_input, tmp_path_factory):
+    """The FnApiRunner backfill of the input, per --preaggregate value (run once each)."""
+    events, _ = engine_input
+    runs: dict[str, dict] = {}
+
+    def get(preaggregate: str) -> dict:
+        if preaggregate not in runs:
+            root = tmp_path_factory.mktemp(f"fnapi_{preaggregate}")
+            online = f"sqlite:///{root}/online.db"
+            result = backfill_features.run([
+                "--events", str(events), "--feature_spec", str(EXAMPLE_SPEC), "--online_store", online,
+                "--offline_store", str(root / "offline"), "--preaggregate", preaggregate,
+            ] + runner_args("fnapi"))
+            runs[preaggregate] = {
+                "offline": root / "offline",
+                "rows": {v.name: offline_rows(root / "offline", v.name) for v in load_spec(EXAMPLE_SPEC).feature_views},
+                "letters": letters(root / "offline"),
+                "online": online_values(EXAMPLE_SPEC, online, engine_input[1]),
+                "counters": counters(result),
+            }
+        return runs[preaggregate]
+
+    return get
+
+
+# Each engine runs both paths and writes both stores once; Redis at least once per engine.
+BACKFILL_CASES = [
+    ("prism", "true", "redis"),
+    ("prism", "false", "sqlite"),
+    ("flink", "true", "redis"),
+    ("flink", "false", "sqlite"),
+    ("flink_cluster", "true", "sqlite"),
+]
+def _backfill_param(engine: str, preaggregate: str, store: str):
+    marks = [pytest.mark.flink] if engine.startswith("flink") else []
+    return pytest.param(engine, preaggregate, store, id=f"{engine}-preaggregate_{preaggregate}-{store}", marks=marks)
+
+
+@pytest.mark.parametrize("engine, preaggregate, store", [_backfill_param(*case) for case in BACKFILL_CASES])
+def test_backfill_on_engine_equals_fnapi_and_reference(engine, preaggregate, store, engine_input, fnapi_backfill,
+                                                       tmp_path, project, request):
+    if engine == "flink_cluster":  # a real session cluster: --flink_master localhost:<port>
+        args = FLINK_ARGS + ["--flink_master", request.getfixturevalue("flink_master")]
+    else:
+        args = runner_args(engine)
+    events, good = engine_input
+    baseline = fnapi_backfill(preaggregate)
+    spec_path = spec_with_project(tmp_path, project)
+    online = request.getfixturevalue("redis_url") if store == "redis" else f"sqlite:///{tmp_path}/online.db"
+    # An earlier run over the same input (the FnApiRunner's): the commit must replace its files.
+    offline = tmp_path / "offline"
+    shutil.copytree(baseline["offline"], offline)
+    earlier = data_files(offline)
+
+    result = backfill_features.run([
+        "--events", str(events), "--feature_spec", str(spec_path), "--online_store", online,
+        "--offline_store", str(offline), "--preaggregate", preaggregate,
+    ] + args)
+
+    files = data_files(offline)
+    assert not files & earlier, "the earlier run's files were not replaced"
+    assert not [f for f in files if "_staging" in f or f.endswith(".tmp")], files
+    spec = load_spec(spec_path)
+    final = {}
+    for v in spec.feature_views:
+        assert list((offline / v.name).rglob("*.parquet")), f"{engine}: no {v.name} rows written"
+        rows = offline_rows(offline, v.name)
+        assert_same_rows(v, rows, baseline["rows"][v.name])
+        assert all(r["pane_timing"] == "ON_TIME" and r["pane_index"] == 0 for r in rows)
+        key = spec.entities[v.entity].join_key
+        final.update({window_key(v.name, key, r): r for r in rows})
+    assert letters(offline) == baseline["letters"] and len(baseline["letters"]) == N_EVENTS // MALFORMED_EVERY
+
+    online_now = online_values(spec_path, online, good)
+    assert_same_online(online_now, baseline["online"], load_spec(spec_path))
+    assert_equals_reference(spec_path, good, final, online_now)
+
+    got, want = counters(result), baseline["counters"]
+    names = ["parse.events_in", "parse.parsed", "parse.dead_lettered", "offline_store.rows_written",
+             "online_store.rows_written", "dead_letters.written"]
+    if engine.startswith("flink") and preaggregate == "false":
+        # Known: the Flink job server reports fewer offline rows written than the files hold on the
+        # event path (245 of 311 here; the rows above are all there): counters are not exact there.
+        names.remove("offline_store.rows_written")
+        assert got["offline_store.rows_written"] <= want["offline_store.rows_written"]
+    assert {n: got[n] for n in names} == {n: want[n] for n in names}
+    assert got["parse.events_in"] == N_EVENTS == got["parse.parsed"] + got["parse.dead_lettered"]
+
+
+# --- streaming: files read as a stream -----------------------------------------------------------
+
+
+def _empty_features(spec, v) -> tuple:
+    ts = spec.source.timestamp_field
+    return tuple(feature_value(f, [], ts) for f in v.features)
+
+
+def final_panes(spec, offline: Path, flink_empty_duplicates: bool = False) -> dict:
+    """{(view, entity, start, end): the row of the window's last pane}, checking pane order.
+
+    Flink (Java Beam 2.62 job server) artifact, when `flink_empty_duplicates`: with allowed lateness
+    > 0, a window whose end and garbage-collection time the watermark passes at once (the end of
+    bounded input) gets its real final pane, then a second pane with no data, again ON_TIME index 0
+    (Beam's EMIT_ALWAYS closing pane fired after the window state was cleared). Those rows are
+    checked to be exactly that and left out; the online store skips them as the same pane."""
+    final = {}
+    for v in spec.feature_views:
+        key = spec.entities[v.entity].join_key
+        empty = _empty_features(spec, v)
+        panes = defaultdict(list)
+        for r in ds.dataset(offline / v.name, partitioning="hive").to_table().to_pylist():
+            panes[window_key(v.name, key, r)].append(r)
+        for k, rows in panes.items():
+            if flink_empty_duplicates:
+                dupes = [r for r in rows if tuple(r[f.name] for f in v.features) == empty
+                         and (r["pane_timing"], r["pane_index"]) == ("ON_TIME", 0)]
+                if dupes and len(rows) > len(dupes):
+                    assert len(dupes) == 1, (k, rows)
+                    rows = [r for r in rows if r is not dupes[0]]
+            rows.sort(key=lambda r: r["pane_index"])
+            assert [r["pane_index"] for r in rows] == list(range(len(rows))), (k, rows)
+            timings = [r["pane_timing"] for r in rows]
+            assert timings.count("ON_TIME") <= 1 and timings == sorted(
+                timings, key=["EARLY", "ON_TIME", "LATE"].index), (k, timings)
+            final[k] = rows[-1]
+    return final
+
+
+def test_streaming_files_run_on_prism_by_default(engine_input, fnapi_backfill, tmp_path):
+    runner_args("prism")  # present (`make engines`): --events without --replay then runs on it
+    events, good = engine_input
+    offline = tmp_path / "offline"
+    online = f"sqlite:///{tmp_path}/online.db"
+    result = streaming_features.run(["--events", str(events), "--feature_spec", str(EXAMPLE_SPEC),
+                                     "--online_store", online, "--offline_store", str(offline)])
+    assert engine_name(result, PipelineOptions([])) == "Prism"  # what the summary prints
+    spec = load_spec(EXAMPLE_SPEC)
+    final = final_panes(spec, offline)
+    online_now = online_values(EXAMPLE_SPEC, online, good)
+    assert_equals_reference(EXAMPLE_SPEC, good, final, online_now)
+    assert_same_online(online_now, fnapi_backfill("true")["online"], spec)
+    assert letters(offline) == fnapi_backfill("true")["letters"]
+
+
+@pytest.fixture(scope="module")
+def flink_master():
+    """FLINK_MASTER (host:port) when set; else a local session cluster from engines/flink-cluster.sh,
+    started once for this module and stopped at the end (one already running is reused, left running)."""
+    if os.environ.get("FLINK_MASTER"):
+        yield os.environ["FLINK_MASTER"]
+        return
+    if not (FLINK_HOME / "bin" / "start-cluster.sh").exists() or shutil.which("java") is None:
+        skip_or_fail(f"no Flink distribution at {FLINK_HOME} or no java: run `make engines`")
+    runner_args("flink")  # the job server jar too
+    script = str(REPO / "engines" / "flink-cluster.sh")
+    status = subprocess.run(["bash", script, "status"], capture_output=True, text=True, timeout=30)
+    started = status.returncode != 0
+    if started:
+        start = subprocess.run(["bash", script, "start"], capture_output=True, text=True, timeout=180)
+        if start.returncode != 0:
+            pytest.fail(f"engines/flink-cluster.sh start failed: {start.stderr.strip()}")
+        master = start.stdout.strip().splitlines()[-1]
+    else:
+        master = status.stdout.strip()
+    try:
+        yield master
+    finally:
+        if started:
+            subprocess.run(["bash", script, "stop"], capture_output=True, timeout=120)
+
+
+@pytest.mark.flink
+def test_streaming_files_on_a_flink_cluster_into_redis(engine_input, fnapi_backfill, flink_master, redis_url,
+                                                       tmp_path, project):
+    events, good = engine_input
+    spec_path = spec_with_project(tmp_path, project)
+    offline = tmp_path / "offline"
+    result = streaming_features.run([
+        "--events", str(events), "--feature_spec", str(spec_path), "--online_store", redis_url,
+        "--offline_store", str(offline), "--streaming", "--flink_master", flink_master,
+    ] + FLINK_ARGS)
+    spec = load_spec(spec_path)
+    final = final_panes(spec, offline, flink_empty_duplicates=True)
+    online_now = online_values(spec_path, redis_url, good)
+    assert_equals_reference(spec_path, good, final, online_now)
+    # the final panes are the backfill's rows, the online values the backfill's
+    baseline = fnapi_backfill("true")
+    for v in spec.feature_views:
+        key = spec.entities[v.entity].join_key
+        for r in baseline["rows"][v.name]:
+            got = final[window_key(v.name, key, r)]
+            for feature in v.features:
+                if feature.agg != "approx_percentile":  # merge order; checked against the reference
+                    assert same(got[feature.name], r[feature.name]), (v.name, feature.name)
+    assert_same_online(online_now, baseline["online"], spec)
+    assert letters(offline) == baseline["letters"]
+    assert counters(result)["parse.events_in"] == N_EVENTS
+
+
+def test_backfill_runs_on_prism_by_default_and_the_summary_names_the_engine(engine_input, fnapi_backfill,
+                                                                             tmp_path, capsys):
+    runner_args("prism")  # cached: Beam's DirectRunner (the default) hands the pipeline to Prism
+    events, _ = engine_input
+    offline = tmp_path / "offline"
+    backfill_features.main(["--events", str(events), "--feature_spec", str(EXAMPLE_SPEC),
+                            "--online_store", f"sqlite:///{tmp_path}/online.db", "--offline_store", str(offline)])
+    err = capsys.readouterr().err
+    assert "engine: Prism" in err.splitlines(), err[-2000:]
+    for v in load_spec(EXAMPLE_SPEC).feature_views:
+        assert_same_rows(v, offline_rows(offline, v.name), fnapi_backfill("true")["rows"][v.name])
+
+
+# --- the replay (TestStream) on Prism --------------------------------------------------------------
+
+
+def test_replay_on_prism_and_flink_is_refused_with_the_reason(tmp_path, capsys):
+    for runner, reason in (("PrismRunner", "apache/beam#31438"),
+                           ("FlinkRunner", "Advancing Processing time is not supported by the Flink Runner")):
+        with pytest.raises(SystemExit) as exit_info:
+            streaming_features.main(["--events", str(tmp_path / "e.jsonl"), "--replay", "--runner", runner,
+                                     "--feature_spec", str(EXAMPLE_SPEC), "--online_store",
+                                     f"sqlite:///{tmp_path}/o.db", "--offline_store", str(tmp_path / "off")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("streaming_features: error: --replay runs on the DirectRunner only")
+        assert reason in err[0] and f"got --runner {runner}" in err[0]
+
+
+class _RecordPanes(beam.DoFn):
+    """Appends the panes of the window starting at 0 to a file (DoFns run pickled, some in workers)."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, row):
+        if row.window_start_ms == ms(0):
+            with open(self._path, "a") as f:
+                f.write(json.dumps([row.pane_timing, row.pane_index, list(row.features)]) + "\n")
+
+
+def _replay_panes(runner: list[str], out: Path) -> list[tuple]:
+    """Our replay of a late event into a window that already fired ON_TIME; (window start s,
+    timing, pane index, features) of every pane of the window starting at 0."""
+    spec = make_spec([view(allowed_lateness="1m", trigger={"early_every": "10s"})])
+
+    def line(t: float, amount: float) -> bytes:
+        return json.dumps({"ts": ms(t), "user_id": "u1", "amount": amount}).encode()
+
+    # watermark to 70 s closes [0, 60) on time; the event at 20 s is then late (within lateness)
+    lines = [line(1, 1.0), line(10, 2.0), line(70, 4.0), line(20, 8.0), line(100, 16.0), line(400, 32.0)]
+    stream, _ = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=0, chunk=1)
+    with beam.Pipeline(options=PipelineOptions(runner + ["--streaming"])) as p:
+        rows = (p | stream | FeaturePipeline(spec, streaming=True, clock="element")).rows
+        rows | beam.ParDo(_RecordPanes(str(out)))
+    panes = [json.loads(line) for line in out.read_text().splitlines()]
+    return sorted(((timing, index, tuple(features)) for timing, index, features in panes), key=lambda p: p[1])
+
+
+def test_prism_still_mislabels_replay_panes_so_the_refusal_holds(tmp_path):
+    prism = _replay_panes(runner_args("prism"), tmp_path / "prism.jsonl")
+    direct = _replay_panes(["--runner", "BundleBasedDirectRunner"], tmp_path / "direct.jsonl")
+    assert direct == [("EARLY", 0, (2, 3.0)), ("ON_TIME", 1, (2, 3.0)), ("LATE", 2, (3, 11.0))]
+    timings = [timing for timing, _, _ in prism]
+    # Prism 2.77: EARLY, ON_TIME, then for the late event EARLY and ON_TIME again, then LATE.
+    # When this fails, Prism labels the replay's panes correctly: allow PrismRunner for --replay
+    # (pipelines/streaming_features.py REPLAY_REFUSED) and compare its panes to the DirectRunner's.
+    assert timings.count("ON_TIME") > 1 and prism != direct, prism
+    assert prism[-1][2] == direct[-1][2]  # the final values agree
