@@ -44,12 +44,14 @@ def _micros_to_ms(ts: Any) -> int:
     return ts.micros // 1000
 
 
+def _pane_counters() -> dict[str, Any]:
+    return {name: Metrics.counter("features", f"panes_{name.lower()}") for name in _TIMING.values()}
+
+
 class _ToFeatureRow(beam.DoFn):
-    def __init__(self, view: str):
+    def __init__(self, view: str, count_panes: bool):
         self._view = view
-        self._panes = {
-            name: Metrics.counter("features", f"panes_{name.lower()}") for name in _TIMING.values()
-        }
+        self._panes = _pane_counters() if count_panes else None
 
     def process(
         self,
@@ -60,7 +62,8 @@ class _ToFeatureRow(beam.DoFn):
         entity, (max_event_time_ms, *values) = element
         # Bounded runs fire each window once, at the end of input: that pane is on time.
         timing = _TIMING.get(pane.timing, "ON_TIME")
-        self._panes[timing].inc()
+        if self._panes:
+            self._panes[timing].inc()
         yield FeatureRow(
             self._view,
             entity,
@@ -75,18 +78,21 @@ class _ToFeatureRow(beam.DoFn):
 
 class _DropRepeatedPanes(beam.DoFn):
     """Per entity and window, streaming: a pane that carries no event, or a LATE pane whose values
-    equal the last pane emitted, is not emitted (it tells nothing the stores do not hold).
+    equal the last pane emitted, is not emitted (it tells nothing the stores do not hold). Pane
+    indexes stay the engine's (only a window's last pane can be such a repeat).
 
     Why: Beam's Python SDK declares every windowing strategy with closing behaviour EMIT_ALWAYS
     (`Windowing.to_runner_api`, "TODO: Support EMIT_IF_NONEMPTY"); its own DirectRunner ignores
     that, but Prism re-fires every accumulating window once more when it closes (end + allowed
     lateness: a LATE pane repeating the last values, apache/beam#33623), and Flink fires a pane
-    without data after a window's state was cleared. Pane indexes stay contiguous: only a
-    window's last pane can be such a repeat."""
+    without data after a window's state was cleared. (Relabelling Prism's late data fired through
+    the early trigger is not attempted: Prism may hand a window's panes to the next step out of
+    order, so only the engine's pane index tells which values are newest.)"""
 
     LAST = userstate.ReadModifyWriteStateSpec("last", BytesCoder())
 
     def __init__(self):
+        self._panes = _pane_counters()
         self._dropped = Metrics.counter("features", "repeated_panes_dropped")
 
     def process(self, element: tuple[str, FeatureRow], last=beam.DoFn.StateParam(LAST)) -> Iterable[FeatureRow]:
@@ -99,6 +105,7 @@ class _DropRepeatedPanes(beam.DoFn):
             self._dropped.inc()
             return
         last.write(digest)
+        self._panes[row.pane_timing].inc()
         yield row
 
 
@@ -115,18 +122,20 @@ class ComputeFeatures(beam.PTransform):
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         index = self._entity_index
         join_key = self._spec.entities[self._view.entity].join_key
+        # streaming panes pass through _DropRepeatedPanes, which needs state, so non-merging
+        # windows (Prism refuses streaming sessions, see windowing): sessions drop empty panes only
+        drop_repeats = self._streaming and not isinstance(self._view.window, SessionWindow)
         rows = (
             events
             | f"Key by {join_key}"
             >> beam.Map(lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
             | "Window" >> WindowFromSpec(self._view, self._streaming)
             | "Aggregate" >> beam.CombinePerKey(FeatureViewCombineFn(self._spec, self._view))
-            | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name))
+            | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name, count_panes=not drop_repeats))
         )
-        if self._streaming and isinstance(self._view.window, SessionWindow):
-            # state needs non-merging windows (Prism refuses streaming sessions, see windowing)
+        if self._streaming and not drop_repeats:
             rows = rows | "Drop empty panes" >> beam.Filter(lambda r: r.max_event_time_ms >= 0)
-        elif self._streaming:
+        elif drop_repeats:
             rows = (
                 rows
                 # rows keep Beam's primitive coder (see FeatureRow): hint Any, not the NamedTuple
