@@ -7,6 +7,7 @@ each test writes under its own project name instead.
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import shutil
@@ -89,9 +90,39 @@ def runner_args(engine: str) -> list[str]:
     raise ValueError(engine)
 
 
+_flink_job_server: list = []  # (process, endpoint), started on first use
+
+
+def shared_flink_job_server() -> str:
+    """One Flink job server (the jar FlinkRunner starts, on its embedded mini cluster) for the many
+    small TestStream pipelines, instead of a JVM per pipeline; stopped when the tests end. The
+    backfill and streaming tests in test_engines.py let FlinkRunner start its own."""
+    if not _flink_job_server:
+        runner_args("flink")  # the jar is there
+        port = free_port()
+        process = subprocess.Popen(
+            ["java", "-jar", str(flink_job_server_jar()), "--flink-master", "[local]", "--job-port", str(port),
+             "--artifact-port", "0", "--expansion-port", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(process.kill)
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the Flink job server did not start (exit {process.poll()})")
+                time.sleep(0.5)
+        _flink_job_server.append((process, f"localhost:{port}"))
+    return _flink_job_server[0][1]
+
+
 def streaming_options_on(engine: str) -> PipelineOptions:
-    """Streaming options for a TestStream pipeline on one engine."""
-    args = runner_args(engine) + (FLINK_TEST_STREAM_ARGS if engine == "flink" else [])
+    """Streaming options for a TestStream pipeline on one engine (Flink: the shared job server)."""
+    args = runner_args(engine)
+    if engine == "flink":
+        args += FLINK_TEST_STREAM_ARGS + ["--job_endpoint", shared_flink_job_server()]
     options = PipelineOptions(args)
     options.view_as(StandardOptions).streaming = True
     return options
