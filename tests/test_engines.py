@@ -30,7 +30,7 @@ from pipelines import backfill_features, streaming_features
 from pipelines.common import engine_name
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate
-from reference import all_windows, assert_close, current_windows, feature_value
+from reference import all_windows, assert_close, current_windows
 from test_backfill import good_records, spec_with_project
 from transforms.events import ParsePlan
 from transforms.feature_pipeline import FeaturePipeline
@@ -231,33 +231,17 @@ def test_backfill_on_engine_equals_fnapi_and_reference(engine, preaggregate, sto
 # --- streaming: files read as a stream -----------------------------------------------------------
 
 
-def _empty_features(spec, v) -> tuple:
-    ts = spec.source.timestamp_field
-    return tuple(feature_value(f, [], ts) for f in v.features)
-
-
-def final_panes(spec, offline: Path, flink_empty_duplicates: bool = False) -> dict:
-    """{(view, entity, start, end): the row of the window's last pane}, checking pane order.
-
-    Flink (Java Beam 2.62 job server) artifact, when `flink_empty_duplicates`: with allowed lateness
-    > 0, a window whose end and garbage-collection time the watermark passes at once (the end of
-    bounded input) gets its real final pane, then a second pane with no data, again ON_TIME index 0
-    (Beam's EMIT_ALWAYS closing pane fired after the window state was cleared). Those rows are
-    checked to be exactly that and left out; the online store skips them as the same pane."""
+def final_panes(spec, offline: Path) -> dict:
+    """{(view, entity, start, end): the row of the window's last pane}, checking pane order: indexes
+    0, 1, 2, ..., at most one ON_TIME, EARLY before ON_TIME before LATE (so no engine's empty or
+    repeated closing pane got through, see transforms/features.py)."""
     final = {}
     for v in spec.feature_views:
         key = spec.entities[v.entity].join_key
-        empty = _empty_features(spec, v)
         panes = defaultdict(list)
         for r in ds.dataset(offline / v.name, partitioning="hive").to_table().to_pylist():
             panes[window_key(v.name, key, r)].append(r)
         for k, rows in panes.items():
-            if flink_empty_duplicates:
-                dupes = [r for r in rows if tuple(r[f.name] for f in v.features) == empty
-                         and (r["pane_timing"], r["pane_index"]) == ("ON_TIME", 0)]
-                if dupes and len(rows) > len(dupes):
-                    assert len(dupes) == 1, (k, rows)
-                    rows = [r for r in rows if r is not dupes[0]]
             rows.sort(key=lambda r: r["pane_index"])
             assert [r["pane_index"] for r in rows] == list(range(len(rows))), (k, rows)
             timings = [r["pane_timing"] for r in rows]
@@ -315,13 +299,17 @@ def test_streaming_files_on_a_flink_cluster_into_redis(engine_input, fnapi_backf
                                                        tmp_path, project):
     events, good = engine_input
     spec_path = spec_with_project(tmp_path, project)
+    # early panes every second of real processing time (the stream takes several seconds here)
+    spec_path.write_text(spec_path.read_text().replace("early_every: 10s", "early_every: 1s"))
     offline = tmp_path / "offline"
     result = streaming_features.run([
         "--events", str(events), "--feature_spec", str(spec_path), "--online_store", redis_url,
         "--offline_store", str(offline), "--streaming", "--flink_master", flink_master,
     ] + FLINK_ARGS)
     spec = load_spec(spec_path)
-    final = final_panes(spec, offline, flink_empty_duplicates=True)
+    final = final_panes(spec, offline)
+    timings = ds.dataset(offline / "user_5m", partitioning="hive").to_table(columns=["pane_timing"])
+    assert "EARLY" in timings.column("pane_timing").to_pylist(), "no early pane from processing time"
     online_now = online_values(spec_path, redis_url, good)
     assert_equals_reference(spec_path, good, final, online_now)
     # the final panes are the backfill's rows, the online values the backfill's
