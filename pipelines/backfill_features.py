@@ -1,4 +1,4 @@
-"""Bounded backfill: JSONL or Parquet event files -> the same transforms -> online and offline stores.
+r"""Bounded backfill: JSONL or Parquet event files -> the same transforms -> online and offline stores.
 
     python -m pipelines.backfill_features --events 'data/*.jsonl' --feature_spec shop.yaml \
         --online_store sqlite:///online.db --offline_store offline/ [--dead_letter DIR] [beam options]
@@ -40,6 +40,8 @@ _LOG = logging.getLogger(__name__)
 
 
 class BackfillOptions(PipelineOptions):
+    group = "behaviour"
+
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
@@ -112,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
         report(run(argv), PipelineOptions(argv))
 
-    run_main("backfill_features", _main)
+    run_main("backfill_features", _main, argv, OPTIONS, __doc__)
 
 
 if __name__ == "__main__":

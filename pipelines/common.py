@@ -6,11 +6,13 @@ import logging
 import os
 import platform
 import sys
-from typing import NoReturn, Optional
+import traceback
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.cli import check_flags, describe_failure, fail, handle_help
 from transforms.spec import FeatureSpecFile, SpecError
 from transforms.stores.online import StoreError, open_online_store, redact_url
 
@@ -19,12 +21,22 @@ LOCAL_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "fnapirunner", "pris
                  "switchingdirectrunner", "testdirectrunner"}
 
 
+class VerboseOptions(PipelineOptions):
+    """--verbose on every entry point (listed by pipelines.cli's help under behaviour)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--verbose", action="store_true", help="On a runtime failure, print the full traceback too.")
+
+
 class UsageError(Exception):
     """A user mistake on the command line; printed as one line, exit code 2."""
 
 
 class FeatureStoreOptions(PipelineOptions):
     """Options every feature pipeline takes (snake_case: they double as template parameters)."""
+
+    group = "stores"
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -41,12 +53,16 @@ class FeatureStoreOptions(PipelineOptions):
 
 
 class EventFileOptions(PipelineOptions):
+    group = "input"
+
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--events", help="Glob of JSONL (.jsonl, .json, .gz) or .parquet event files.")
 
 
 class PubSubInputOptions(PipelineOptions):
+    group = "input"
+
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--input_subscription", help="projects/<project>/subscriptions/<subscription>")
@@ -62,11 +78,6 @@ class PubSubInputOptions(PipelineOptions):
 
 # Beam discovers only *direct* PipelineOptions subclasses, so options are shared by composition:
 # each pipeline lists the option classes it reads (flex_templates checks its metadata against them).
-
-
-def fail(program: str, message: str, code: int = 2) -> NoReturn:
-    print(f"{program}: error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def require(options: PipelineOptions, *names: str) -> None:
@@ -212,24 +223,32 @@ def report(result: beam.runners.runner.PipelineResult, options: Optional[Pipelin
     return counters
 
 
-def run_main(program: str, main) -> None:
-    """Run an entry point; user mistakes become one line on stderr and a non-zero exit."""
+def run_main(program: str, main, argv: Optional[Sequence[str]] = None, options: Sequence[type] = (),
+             description: Optional[str] = None) -> None:
+    """Run an entry point: --help / --help_beam print and exit 0; unknown flags, spec errors and
+    other user mistakes are one line and exit 2; a failed run is one line naming the step and the
+    cause, exit 1 (the traceback too with --verbose)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if options:
+        handle_help(program, description, options, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam.runners", "apache_beam.io", "apache_beam.transforms", "apache_beam.typehints"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if options:
+            check_flags(options, argv)
         main()
     except (SpecError, UsageError) as err:
         fail(program, str(err))
     except Exception as err:
+        if "--verbose" in argv:
+            traceback.print_exc()
         # Runners wrap a failed bundle's exception in their own; a store that stayed unreachable
-        # after its retry budget is still one clear line, not a traceback.
+        # after its retry budget is its own clear line.
         cause: Optional[BaseException] = err
         while cause is not None and not isinstance(cause, StoreError):
             cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        fail(program, str(cause), code=1)
+        fail(program, str(cause) if cause is not None else describe_failure(err), code=1)
 
 
 def redacted(url: Optional[str]) -> str:

@@ -1,4 +1,4 @@
-"""Text embeddings: every `embeddings:` entry of the spec -> online store and offline Parquet.
+r"""Text embeddings: every `embeddings:` entry of the spec -> online store and offline Parquet.
 
     python -m pipelines.embed_texts --feature_spec shop.yaml --online_store sqlite:///online.db \
         --offline_store offline/ --events 'data/*.jsonl' [--model_path DIR|gs://...] \
@@ -53,6 +53,8 @@ _LOG = logging.getLogger(__name__)
 
 class EmbedOptions(PipelineOptions):
     """Model and batching knobs of the embedding pipeline."""
+
+    group = "behaviour"
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -196,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
         report(run(argv), PipelineOptions(argv))
 
-    run_main("embed_texts", _main)
+    run_main("embed_texts", _main, argv, OPTIONS, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Streaming features: Pub/Sub (or a local replay of a JSONL file) -> online and offline stores.
+r"""Streaming features: Pub/Sub (or a local replay of a JSONL file) -> online and offline stores.
 
     python -m pipelines.streaming_features --input_subscription projects/P/subscriptions/S \
         --feature_spec shop.yaml --online_store redis://host:6379/0 --offline_store gs://b/offline \
@@ -7,7 +7,8 @@
     python -m pipelines.streaming_features --events events.jsonl --replay \
         --feature_spec shop.yaml --online_store sqlite:///online.db --offline_store offline/
 
-Without --replay, --events files are read as a (finite) stream on Flink or Dataflow.
+Without --replay, --events files are read as a (finite) stream: on Prism locally (the default once
+`make engines` has run), on Flink or Dataflow.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ _LOG = logging.getLogger(__name__)
 
 
 class ReplayOptions(PipelineOptions):
+    group = "behaviour"
+
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
@@ -170,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             report(result, options)
         _LOG.info("finished in %.1fs", time.time() - started)
 
-    run_main("streaming_features", _main)
+    run_main("streaming_features", _main, argv, OPTIONS, __doc__)
 
 
 if __name__ == "__main__":
