@@ -110,7 +110,7 @@ def run(
     if replay.replay:
         try:
             lines = read_lines(events)
-        except OSError as err:
+        except OSError as err:  # no match, or a file that cannot be read
             raise UsageError(f"--events: cannot read {events!r}: {err.strerror or err}") from None
         try:
             max_delay = parse_duration(replay.replay_max_delay)

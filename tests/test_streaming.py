@@ -3,8 +3,7 @@ reference), clear usage errors, the portable job API, and Flink when one is conf
 
 from __future__ import annotations
 
-import os
-import shutil
+import gzip
 
 import pyarrow.dataset as ds
 import pytest
@@ -15,6 +14,7 @@ from pipelines.get_features import get_features
 from pipelines.sample_events import generate, write_jsonl
 from reference import all_windows, assert_close, current_windows
 from test_backfill import good_records
+from transforms.replay import read_lines
 from transforms.sinks import read_dead_letters
 from transforms.spec import load_spec
 from transforms.stores.feast_codec import rfc3339
@@ -81,6 +81,7 @@ def test_replay_emits_early_on_time_and_late_panes_with_correct_final_values(rep
     (["--events", "x.jsonl", "--runner", "BundleBasedDirectRunner"],
      "--events without --replay reads files as a stream, which needs Prism"),
     (["--events", "x.jsonl", "--replay", "--runner", "DataflowRunner"], "--replay runs on the DirectRunner only"),
+    (["--events", "nothere/*.jsonl", "--replay"], "--events: cannot read 'nothere/*.jsonl': no files match"),
 ])
 def test_usage_errors_are_one_clear_line(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -106,3 +107,11 @@ def test_portable_runner_with_embedded_job_server_gives_the_same_rows(replay_fil
         table = ds.dataset(offline / "user_5m", partitioning="hive").to_table().drop(["created_timestamp"])
         outputs[name] = sorted(table.to_pylist(), key=lambda r: (r["user_id"], r["window_end"]))
     assert outputs["portable"] == outputs["fnapi"] and len(outputs["fnapi"]) > 100
+
+
+def test_replay_reads_a_glob_in_file_name_order(tmp_path):
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"3\n4\n"))
+    (tmp_path / "a.jsonl").write_bytes(b"1\n2\n")
+    (tmp_path / "c.txt").write_bytes(b"not matched\n")
+    assert read_lines(str(tmp_path / "*.jsonl*")) == [b"1", b"2", b"3", b"4"]
+    assert read_lines(str(tmp_path / "a.jsonl")) == [b"1", b"2"]

@@ -1,4 +1,4 @@
-"""Local replay: a JSONL file played as a stream on the DirectRunner (Beam's TestStream).
+"""Local replay: JSONL files (a path or a glob, in name order) played as a stream on the DirectRunner (Beam's TestStream).
 
 File order is arrival order; elements are (line, watermark at arrival) pairs (ParseEvents
 with clock="element"). The watermark trails the newest event time seen by `max_delay`
@@ -9,9 +9,11 @@ an event older than the watermark when it arrives is late.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Duration, Timestamp
 
@@ -82,6 +84,17 @@ def build_replay(
     return stream, stats
 
 
-def read_lines(path: str) -> list[bytes]:
-    with open(path, "rb") as handle:
-        return handle.read().splitlines()
+def read_lines(pattern: str) -> list[bytes]:
+    """The lines of every file a path or glob matches, files in name order (`.gz` decompressed):
+    the replay's arrival order."""
+    try:
+        paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # Beam raises BeamIOError for unmatched globs on some filesystems
+        paths = []
+    if not paths:
+        raise FileNotFoundError(errno.ENOENT, "no files match", pattern)
+    lines: list[bytes] = []
+    for path in paths:
+        with FileSystems.open(path) as handle:  # compression from the file name
+            lines.extend(handle.read().splitlines())
+    return lines
