@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+BASE   := $(VENV)/.installed-base
 
 .PHONY: demo test install bench clean engines
 
@@ -13,11 +14,16 @@ $(PY):
 # Reinstall only when the project's dependencies change (torch is pinned in pyproject.toml).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,embeddings,deploy]"
-	touch $(STAMP)
+	touch $(STAMP) $(BASE)
+
+# The demo needs only the base package (no torch, Feast or test tools).
+$(BASE): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(PY) -m pipelines.demo
 
 # Real Beam engines for tests/test_engines.py: Prism, a Flink 1.19 job server and a Flink

@@ -1,4 +1,6 @@
-"""`make demo`: the streaming job on embedded defaults, end to end, in about a minute.
+"""`make demo`: the streaming job on embedded defaults, end to end: 1-2.5 minutes on Beam's Python
+streaming engine (63 s on an idle 2-core machine, 140 s on a busy one), after a ~90 s install of
+the base package only.
 
 Generates a realistic event stream (skewed users and items, clicks and purchases, out-of-order,
 late and malformed events), replays it through `streaming_features` on the DirectRunner into
