@@ -4,23 +4,37 @@ ReadFromText -> json.loads -> dict elements -> WindowInto -> one built-in combin
 -> CoGroupByKey -> one Redis HSET per row (redis-py in a DoFn, no pipelining). It writes every
 window's row to `view:entity`, in whatever order they come: a naive online store whose last
 write is not necessarily the newest window (what our compare-and-set upsert exists for).
+
+`run_streaming` is the same pipeline as a user first writes it for streaming: the same windows
+with `AfterWatermark(early=AfterProcessingTime(...), late=AfterCount(1))`, accumulating panes,
+allowed lateness, `--streaming`. On Prism and Flink it reads the file with ReadFromText as a
+stream; Beam's BundleBasedDirectRunner cannot stream a file read, so there the lines come from
+a TestStream (the caller's `lines` transform; the benchmark uses the same replay as ours).
 """
 
 from __future__ import annotations
 
+import collections
 import json
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import redis
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms import trigger as tr
 from apache_beam.transforms.combiners import CountCombineFn, Latest, MeanCombineFn
 from apache_beam.transforms.window import FixedWindows, SlidingWindows, TimestampedValue
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from benchmarks.workload import FIXED_VIEW, SLIDING_VIEW
 
 P90_OF_11 = 9  # ApproximateQuantiles(11) returns min, p10, ..., p90, max
+
+# Rows per (view, pane timing), tallied where _ToRow runs. That is this process on every runner
+# the benchmark uses (the BundleBasedDirectRunner; Prism and Flink with LOOPBACK workers), where
+# Beam's metrics are not (the streaming DirectRunner keeps only its last bundle's counters).
+PANES: collections.Counter = collections.Counter()
 
 
 def _amount(kv: tuple[str, dict]) -> Iterable[tuple[str, float]]:
@@ -35,7 +49,9 @@ class _ToRow(beam.DoFn):
     def __init__(self, view: str):
         self._view = view
 
-    def process(self, element: tuple[str, dict[str, list]], win=beam.DoFn.WindowParam):
+    def process(self, element: tuple[str, dict[str, list]], win=beam.DoFn.WindowParam,
+                pane=beam.DoFn.PaneInfoParam):
+        PANES[(self._view, PaneInfoTiming.to_string(pane.timing))] += 1
         entity, grouped = element
         mapping: dict[str, Any] = {
             "window_start": int(win.start.micros // 1000),
@@ -71,13 +87,18 @@ class _HsetEachRow(beam.DoFn):
 
 
 class UserFeatures(beam.PTransform):
-    """Sliding 5m/1m: count, sum, mean, max, last, approx distinct and p90; a combiner each."""
+    """Sliding 5m/1m: count, sum, mean, max, last, approx distinct and p90; a combiner each.
+    `windowing`: WindowInto's trigger arguments (streaming), or none (batch)."""
+
+    def __init__(self, windowing: Optional[dict[str, Any]] = None):
+        super().__init__()
+        self._windowing = windowing or {}
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         users = (
             records
             | "Key by user" >> beam.Map(lambda d: (d["user_id"], d))
-            | "Sliding 5m/1m" >> beam.WindowInto(SlidingWindows(300, 60))
+            | "Sliding 5m/1m" >> beam.WindowInto(SlidingWindows(300, 60), **self._windowing)
         )
         amounts = users | "Amounts" >> beam.FlatMap(_amount)
         items = users | "Items" >> beam.Map(lambda kv: (kv[0], kv[1]["item_id"]))
@@ -108,11 +129,15 @@ class UserFeatures(beam.PTransform):
 class ItemFeatures(beam.PTransform):
     """Fixed 1h: count and sum."""
 
+    def __init__(self, windowing: Optional[dict[str, Any]] = None):
+        super().__init__()
+        self._windowing = windowing or {}
+
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         items = (
             records
             | "Key by item" >> beam.Map(lambda d: (d["item_id"], d))
-            | "Fixed 1h" >> beam.WindowInto(FixedWindows(3600))
+            | "Fixed 1h" >> beam.WindowInto(FixedWindows(3600), **self._windowing)
         )
         features = {
             "views": items | "Count" >> beam.CombinePerKey(CountCombineFn()),
@@ -129,18 +154,32 @@ class ItemFeatures(beam.PTransform):
         )
 
 
-def build(pipeline: beam.Pipeline, events: str, redis_url: str) -> None:
+def features(lines: beam.PCollection, redis_url: str, windowing: Optional[dict[str, Any]] = None) -> None:
+    """JSON lines -> features of both views -> one HSET per row."""
     records = (
-        pipeline
-        | "Read events" >> beam.io.ReadFromText(events)
+        lines
         | "Parse JSON" >> beam.Map(json.loads)
         | "Event time" >> beam.Map(lambda d: TimestampedValue(d, d["event_time"] / 1000.0))
     )
     rows = (
-        records | "User features" >> UserFeatures(),
-        records | "Item features" >> ItemFeatures(),
+        records | "User features" >> UserFeatures(windowing),
+        records | "Item features" >> ItemFeatures(windowing),
     )
     rows | "Merge rows" >> beam.Flatten() | "HSET each row" >> beam.ParDo(_HsetEachRow(redis_url))
+
+
+def build(pipeline: beam.Pipeline, events: str, redis_url: str) -> None:
+    features(pipeline | "Read events" >> beam.io.ReadFromText(events), redis_url)
+
+
+def streaming_windowing(early_s: int, allowed_lateness_s: int) -> dict[str, Any]:
+    """The trigger a user writes first for streaming: on-time panes at the watermark, early panes
+    every `early_s` of processing time, a late pane per late element, accumulating."""
+    return {
+        "trigger": tr.AfterWatermark(early=tr.AfterProcessingTime(int(early_s)), late=tr.AfterCount(1)),
+        "accumulation_mode": tr.AccumulationMode.ACCUMULATING,
+        "allowed_lateness": int(allowed_lateness_s),
+    }
 
 
 def run(
@@ -148,6 +187,27 @@ def run(
 ) -> beam.runners.runner.PipelineResult:
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner", runner]))
     build(pipeline, events, redis_url)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def run_streaming(
+    events: str,
+    redis_url: str,
+    runner_args: Sequence[str],
+    early_s: int,
+    allowed_lateness_s: int,
+    lines: Optional[beam.PTransform] = None,
+) -> beam.runners.runner.PipelineResult:
+    """The streaming pipeline on `runner_args` (e.g. ["--runner", "PrismRunner"]): ReadFromText
+    of `events` read as a stream, or the `lines` transform instead (a TestStream, for the
+    BundleBasedDirectRunner)."""
+    options = PipelineOptions(list(runner_args))
+    options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    source = lines if lines is not None else beam.io.ReadFromText(events)
+    features(pipeline | "Read events" >> source, redis_url, streaming_windowing(early_s, allowed_lateness_s))
     result = pipeline.run()
     result.wait_until_finish()
     return result

@@ -43,7 +43,7 @@ class Outcome:
         return out
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     kids: list[int] = []
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -63,7 +63,7 @@ def tree_rss_bytes(pid: int) -> int:
                 total += int(handle.read().split()[1]) * _PAGE
         except (OSError, IndexError, ValueError):
             continue
-        stack += _children(current)
+        stack += children(current)
     return total
 
 

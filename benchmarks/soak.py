@@ -3,8 +3,19 @@ or PUBSUB_EMULATOR_HOST), run streaming_features on the DirectRunner, and record
 backlog (lag), memory and the runner's keyed state over time. Pass: no memory growth after the
 warm-up and no backlog growth at the rate.
 
-    python -m benchmarks.soak [--minutes 8] [--rate 20] [--warmup SECONDS] [--direct-runner-gc]
-                              [--out benchmarks/results]
+    python -m benchmarks.soak [--engine direct|prism|flink] [--minutes 8] [--rate 20]
+                              [--warmup SECONDS] [--direct-runner-gc] [--out benchmarks/results]
+
+`--engine prism|flink` runs the same feature pipeline (transforms.feature_pipeline.FeaturePipeline,
+as streaming_features builds it, into SQLite and Parquet) on Prism or on Flink's embedded mini
+cluster (`make engines`). Those cannot run Python's ReadFromPubSub, so the events come from an
+unbounded source inside the pipeline instead: Beam's PeriodicImpulse ticking every second, each
+tick mapped to `rate` generated JSON events of the same shape (benchmarks/soak_source.py). Memory
+is then the RSS of the whole process tree (this Python process, which also hosts the LOOPBACK SDK
+worker, plus the Prism binary or Flink's JVM), sampled with each part; the backlog is the events
+due at the rate since the first tick minus the events the source has emitted, and the output lag
+is wall-clock time minus the newest on-time window end the pipeline has emitted (it must not
+grow either). Results go to soak_<engine>.json/.png.
 
 The soak spec is the example spec with every window, the allowed lateness and the dedup horizon
 shortened (`_spec`), so that the state a correct runner keeps (open windows, remembered ids)
@@ -32,6 +43,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +55,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `python benchmarks/soak.py` too
 WITH_IDS = os.environ.get("SOAK_DEDUP", "1") != "0"
 LATENESS_S = 30  # allowed lateness of every view in the soak spec
 DEDUP_HORIZON_S = 30
@@ -50,6 +63,10 @@ PERIOD_S = 20  # sliding period; fixed windows are 3 periods long, session gaps 
 SETTLE_S = 60  # after the state horizon: the watermark trails the newest event, timers fire
 MIN_MEASURED_S = 180  # the comparison needs at least this much time after the warm-up
 MAX_GROWTH_PCT = 10
+SAMPLE_EVERY_S = 5
+JVM_HEAP = "1g"  # the soak's cap on Flink's job server JVM (--jvm-heap)
+JVM_SAMPLE_EVERY_S = 30
+FLINK_MAX_BUNDLE_S = 5.0  # the generator's bundles on Flink (benchmarks/soak_source.py: apache/beam#27648)
 
 
 class SoakConfigError(ValueError):
@@ -204,12 +221,7 @@ def _slope_per_min(rows: list[dict], key: str) -> float:
 
 
 def run(minutes: float, rate: float, out: Path, warmup: float | None = None,
-        direct_runner_gc: bool = False) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
-    from google.cloud import pubsub_v1
-
-    from pipelines import streaming_features
-
+        direct_runner_gc: bool = False, engine: str = "direct", jvm_heap: str = JVM_HEAP) -> dict:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     spec_path, horizon = _spec(work)
     warmup = float(horizon + SETTLE_S) if warmup is None else float(warmup)
@@ -219,6 +231,21 @@ def run(minutes: float, rate: float, out: Path, warmup: float | None = None,
             f"--minutes {minutes:g} leaves less than {MIN_MEASURED_S} s after the {warmup:g} s warm-up "
             f"(state horizon {horizon} s + {SETTLE_S} s): use --minutes {(warmup + MIN_MEASURED_S) / 60:.1f} "
             "or more")
+    if engine != "direct":
+        if direct_runner_gc:
+            raise SoakConfigError("--direct-runner-gc patches the DirectRunner: only with --engine direct")
+        from benchmarks.engines import missing
+
+        why = missing(engine)
+        if why:
+            shutil.rmtree(work, ignore_errors=True)
+            raise SoakConfigError(f"--engine {engine}: {why}")
+        return _run_portable(engine, minutes, rate, out, warmup, horizon, work, spec_path, jvm_heap)
+    sys.path.insert(0, str(REPO / "tests"))
+    from google.cloud import pubsub_v1
+
+    from pipelines import streaming_features
+
     if direct_runner_gc:
         patch_direct_runner()
 
@@ -282,9 +309,168 @@ def run(minutes: float, rate: float, out: Path, warmup: float | None = None,
             server.stop()
     summary = summarize(samples, minutes, rate, warmup, horizon, backlog_known=server is not None)
     summary["direct_runner_gc"] = direct_runner_gc
+    summary["engine"] = "direct"
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(summary, indent=2))
     _chart(summary, out / "soak.png")
+    return summary
+
+
+def _process_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _process_tree(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of `pid` and all its descendants."""
+    from benchmarks.measure import children
+
+    out, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/comm") as handle:
+                out.append((current, handle.read().strip()))
+        except OSError:
+            continue
+        stack += children(current)
+    return out
+
+
+def _jvm_heap_mb(pid: int) -> dict[str, float] | None:
+    """Used heap of a JVM (`jstat -gc`: eden + survivors + old generation) and of its old
+    generation, in MB; None when jstat is missing or fails."""
+    jstat = shutil.which("jstat")
+    if not jstat:
+        return None
+    try:
+        lines = subprocess.run([jstat, "-gc", str(pid)], capture_output=True, text=True, check=False,
+                               timeout=20).stdout.split("\n")
+        values = dict(zip(lines[0].split(), (float(v) for v in lines[1].split())))
+        used = sum(values[k] for k in ("S0U", "S1U", "EU", "OU"))
+        return {"used": round(used / 1024, 1), "old": round(values["OU"] / 1024, 1),
+                "committed": round(sum(values[k] for k in ("S0C", "S1C", "EC", "OC")) / 1024, 1)}
+    except (OSError, subprocess.SubprocessError, IndexError, KeyError, ValueError):
+        return None
+
+
+def _run_portable(engine: str, minutes: float, rate: float, out: Path, warmup: float, horizon: int,
+                  work: Path, spec_path: Path, jvm_heap: str = JVM_HEAP) -> dict:
+    """The soak on Prism or Flink: generated events (PeriodicImpulse) -> FeaturePipeline."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from benchmarks import soak_source
+    from benchmarks.engines import runner_args
+    from pipelines.common import check_online_store
+    from transforms.feature_pipeline import FeaturePipeline
+    from transforms.spec import load_spec
+
+    spec = load_spec(spec_path)
+    online, offline = f"sqlite:///{work}/online.db", str(work / "offline")
+    check_online_store(online, spec)
+    soak_source.reset()
+    args = runner_args(engine) + ["--streaming"]
+    if engine == "flink" and jvm_heap:
+        # Without a cap the JVM's heap may grow to a quarter of the machine's memory before it
+        # needs to collect, which is not a leak: with one, growth beyond it would be.
+        args.append(f"--job_server_jvm_properties=-Xmx{jvm_heap}")
+    pipeline = beam.Pipeline(options=PipelineOptions(args))
+    outputs = (
+        pipeline
+        | "Generate events" >> soak_source.GeneratedEvents(rate, max_bundle_s=FLINK_MAX_BUNDLE_S if engine == "flink" else 0.0)
+        # as streaming_features builds it for a live source (Pub/Sub): wall-clock lateness guard
+        | "Features" >> FeaturePipeline(spec, streaming=True, online_store=online, offline_store=offline,
+                                        dead_letter=offline + "/_dead_letters", clock="wall")
+    )
+    outputs.rows | "Tally rows" >> beam.ParDo(soak_source.TallyRows())
+
+    me = os.getpid()
+    started = time.time()
+    result = pipeline.run()  # portable runners return once the job is submitted
+    samples: list[dict] = []
+    jvm: dict[str, float] | None = None
+    jvm_sampled = 0.0
+    try:
+        while time.time() - started < minutes * 60:
+            time.sleep(SAMPLE_EVERY_S)
+            now = time.time()
+            tally = soak_source.snapshot()
+            due = int((now - tally["first_tick_s"]) * rate) if tally["first_tick_s"] else 0
+            tree = _process_tree(me)
+            parts: dict[str, float] = {}
+            for pid, name in tree:
+                key = "python" if pid == me else "prism" if name.startswith("apache_beam") else name
+                parts[key] = parts.get(key, 0.0) + _process_rss_mb(pid)
+            python_mb = parts.pop("python", 0.0)
+            java = [pid for pid, name in tree if name == "java"]
+            if java and now - jvm_sampled >= JVM_SAMPLE_EVERY_S:  # jstat starts a JVM: not every 5 s
+                jvm, jvm_sampled = _jvm_heap_mb(java[0]), now
+            newest = tally["newest_on_time_end_ms"]
+            sample = {
+                "t": round(now - started, 1), "published": due, "consumed": tally["generated"],
+                "backlog": max(0, due - tally["generated"]),
+                "rss_mb": round(python_mb + sum(parts.values()), 1),  # the whole process tree
+                "python_rss_mb": round(python_mb, 1),
+                "engine_rss_mb": {name: round(mb, 1) for name, mb in sorted(parts.items())},
+                "heap_kblocks": round(sys.getallocatedblocks() / 1000, 1),
+                **({"jvm_heap_used_mb": jvm["used"], "jvm_old_gen_mb": jvm["old"],
+                    "jvm_heap_committed_mb": jvm["committed"]} if jvm else {}),
+                "rows": tally["rows"],
+                "output_lag_s": round(now - newest / 1000, 1) if newest else None,
+                "state": str(result.state),
+            }
+            samples.append(sample)
+            print(f"  {sample}", flush=True)
+            if beam.runners.runner.PipelineState.is_terminal(result.state):
+                raise RuntimeError(f"the {engine} job ended early: {result.state}")
+    finally:
+        try:
+            result.cancel()
+        except Exception as err:  # already ended, or the job service is gone
+            print(f"  cancel: {err}", flush=True)
+    # the samples before the source's first tick (engine start-up) are not the steady run, and
+    # the state horizon counts from the first event: the warm-up starts there
+    running = [s for s in samples if s["consumed"] > 0] or samples
+    startup_s = running[0]["t"] - SAMPLE_EVERY_S if len(running) < len(samples) else 0.0
+    warmup += startup_s
+    summary = summarize(running, minutes, rate, warmup, horizon, backlog_known=True)
+    summary["engine"] = engine
+    summary["direct_runner_gc"] = False
+    summary["startup_s"] = round(startup_s, 1)
+    summary["jvm_max_heap"] = jvm_heap if engine == "flink" else None
+    measured = [s for s in running if s["t"] >= warmup]
+    for key in ("python_rss_mb", "jvm_heap_used_mb", "jvm_old_gen_mb"):
+        rows = [s for s in measured if s.get(key) is not None]
+        if len(rows) >= 2:
+            third = max(1, len(rows) // 3)
+            summary[f"{key}_first_last_third"] = [round(sum(r[key] for r in rows[:third]) / third, 1),
+                                                  round(sum(r[key] for r in rows[-third:]) / third, 1)]
+    engine_parts = sorted({n for s in measured for n in s["engine_rss_mb"]})
+    if measured and engine_parts:
+        third = max(1, len(measured) // 3)
+        summary["engine_rss_mb_first_last_third"] = {
+            n: [round(sum(s["engine_rss_mb"].get(n, 0.0) for s in measured[:third]) / third, 1),
+                round(sum(s["engine_rss_mb"].get(n, 0.0) for s in measured[-third:]) / third, 1)]
+            for n in engine_parts}
+    lagged = [s for s in running if s["t"] >= warmup and s["output_lag_s"] is not None]
+    if lagged:
+        third = max(1, len(lagged) // 3)
+        first = sum(s["output_lag_s"] for s in lagged[:third]) / third
+        last = sum(s["output_lag_s"] for s in lagged[-third:]) / third
+        summary["output_lag_first_third_s"], summary["output_lag_last_third_s"] = round(first, 1), round(last, 1)
+        # not growing: within one state horizon (window + lateness) of the first third
+        summary["output_lag_ok"] = last <= first + horizon
+    else:
+        summary["output_lag_ok"] = False  # nothing came out after the warm-up
+    summary["passed"] = summary["passed"] and summary["output_lag_ok"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"soak_{engine}.json").write_text(json.dumps(summary, indent=2))
+    _chart(summary, out / f"soak_{engine}.png")
+    shutil.rmtree(work, ignore_errors=True)
     return summary
 
 
@@ -350,7 +536,19 @@ def _chart(summary: dict, path: Path) -> None:
     axes[0].legend()
     axes[1].plot(t, [s["backlog"] or 0 for s in samples], color="tab:red")
     axes[1].set_ylabel("backlog (events)")
-    axes[2].plot(t, [s["rss_mb"] for s in samples], color="tab:green")
+    tree = "python_rss_mb" in samples[0]
+    axes[2].plot(t, [s["rss_mb"] for s in samples], color="tab:green",
+                 label="all processes" if tree else "RSS")
+    if tree:
+        axes[2].plot(t, [s["python_rss_mb"] for s in samples], color="tab:olive", linestyle="--",
+                     label="Python (pipeline + SDK worker)")
+        for name in sorted({n for s in samples for n in s["engine_rss_mb"]}):
+            axes[2].plot(t, [s["engine_rss_mb"].get(name, 0.0) for s in samples], linestyle=":", label=name)
+        jvm = [(s["t"], s["jvm_heap_used_mb"]) for s in samples if s.get("jvm_heap_used_mb") is not None]
+        if jvm:
+            axes[2].plot([x for x, _ in jvm], [y for _, y in jvm], color="tab:brown", linestyle="-.",
+                         label="JVM heap used (jstat)")
+        axes[2].legend(fontsize=7)
     axes[2].set_ylabel("RSS (MB)")
     axes[3].plot(t, [s["heap_kblocks"] for s in samples], color="tab:purple", label="Python heap (k blocks)")
     if all("state_values" in s for s in samples):
@@ -363,7 +561,9 @@ def _chart(summary: dict, path: Path) -> None:
     for ax in axes[1:]:
         ax.axvline(summary["warmup_s"], color="black", linewidth=0.8, linestyle="--")
     patched = ", DirectRunner patched (--direct-runner-gc)" if summary.get("direct_runner_gc") else ""
-    fig.suptitle(f"Soak: {summary['target_rate']:.0f} events/s for {summary['minutes']} min{patched}\n"
+    engine = {"direct": "BundleBasedDirectRunner", "prism": "Prism", "flink": "Flink mini cluster"}.get(
+        summary.get("engine", "direct"), summary.get("engine"))
+    fig.suptitle(f"Soak on {engine}: {summary['target_rate']:.0f} events/s for {summary['minutes']} min{patched}\n"
                  f"after {summary['warmup_s']:.0f} s warm-up: RSS {summary['memory_growth_pct']:+} %, "
                  f"Python heap {summary['heap_growth_pct']:+} %, runner state "
                  + (f"{summary['state_growth_pct']:+} %" if "state_growth_pct" in summary else "n/a"))
@@ -373,16 +573,23 @@ def _chart(summary: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=["direct", "prism", "flink"], default="direct",
+                        help="direct: Pub/Sub on the BundleBasedDirectRunner; prism/flink: a generated "
+                             "unbounded source (PeriodicImpulse) on Prism or Flink's mini cluster")
     parser.add_argument("--minutes", type=float, default=8)
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds before the memory baseline (default: state horizon + 60 s)")
     parser.add_argument("--direct-runner-gc", action="store_true",
                         help="patch the DirectRunner's known state leaks (see the module docstring)")
+    parser.add_argument("--jvm-heap", default=JVM_HEAP,
+                        help="--engine flink: the job server JVM's -Xmx (it hosts the mini cluster); "
+                             "'' for the JVM's default (a quarter of the machine's memory)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     try:
-        summary = run(args.minutes, args.rate, Path(args.out), args.warmup, args.direct_runner_gc)
+        summary = run(args.minutes, args.rate, Path(args.out), args.warmup, args.direct_runner_gc, args.engine,
+                      args.jvm_heap)
     except SoakConfigError as err:
         parser.error(str(err))
     print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2))

@@ -80,6 +80,26 @@ class EventSet:
 REAL_SPEC: dict[str, Any] = {**SPEC, "source": {"timestamp_field": "event_time", "id_field": "event_id"}}
 
 
+# The streaming cases (B2 on every engine, and the hand-written streaming baseline): the same
+# views with the trigger a streaming user writes - early panes every minute of processing time,
+# a late pane per late event within a minute of allowed lateness, accumulating. The hand-written
+# baseline builds the same trigger with Beam's classes (handwritten.streaming_windowing).
+STREAM_EARLY_S = 60
+STREAM_LATENESS_S = 0
+STREAM_SPEC: dict[str, Any] = {
+    **SPEC,
+    "feature_views": [
+        {
+            **view,
+            "trigger": {"early_every": f"{STREAM_EARLY_S}s", "late_every": 1},
+            "allowed_lateness": f"{STREAM_LATENESS_S}s",
+            "accumulation": "accumulating",
+        }
+        for view in SPEC["feature_views"]
+    ],
+}
+
+
 def write_spec(path: Path, spec: dict[str, Any] = SPEC) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
