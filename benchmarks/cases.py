@@ -105,46 +105,17 @@ def backfill(p: dict[str, Any]) -> dict[str, Any]:
     from pipelines.backfill_features import run
 
     out = Path(p["out_dir"])
-    argv = [
-        "--events",
-        p["events_path"],
-        "--feature_spec",
-        p["spec"],
-        "--online_store",
-        f"sqlite:///{out / 'online.db'}",
-        "--offline_store",
-        str(out / "offline"),
-        "--runner",
-        "FnApiRunner",
-        "--preaggregate",
-        p["preaggregate"],
-    ] + p.get("extra_args", [])
+    argv = _store_args(p, out) + ["--runner", "FnApiRunner", "--preaggregate", p["preaggregate"]] + p.get(
+        "extra_args", [])
     with _Clock() as clock:
         result = run(argv)
     return {**clock.as_dict(p["events"]), "argv": argv, "counters": _counters(result)}
 
 
-@case
-def streaming(p: dict[str, Any]) -> dict[str, Any]:
-    """pipelines.streaming_features.run --replay (TestStream on the BundleBasedDirectRunner)."""
-    from pipelines.streaming_features import run
-
-    out = Path(p["out_dir"])
-    argv = [
-        "--events",
-        p["events_path"],
-        "--replay",
-        "--feature_spec",
-        p["spec"],
-        "--online_store",
-        f"sqlite:///{out / 'online.db'}",
-        "--offline_store",
-        str(out / "offline"),
-    ]
-    with _Clock() as clock:
-        run(argv)
-    return {**clock.as_dict(p["events"]), "argv": argv, "engine": "direct",
-            "panes": _panes(out / "offline", p["views"])}
+def _store_args(p: dict[str, Any], out: Path) -> list[str]:
+    """The pipeline flags every B1/B2 case shares: its events, spec and stores under out."""
+    return ["--events", p["events_path"], "--feature_spec", p["spec"],
+            "--online_store", f"sqlite:///{out / 'online.db'}", "--offline_store", str(out / "offline")]
 
 
 def _panes(offline: Path, views: list[str]) -> dict[str, dict[str, int]]:
@@ -154,24 +125,26 @@ def _panes(offline: Path, views: list[str]) -> dict[str, dict[str, int]]:
 
 
 @case
+def streaming(p: dict[str, Any]) -> dict[str, Any]:
+    """pipelines.streaming_features.run --replay (TestStream on the BundleBasedDirectRunner)."""
+    from pipelines.streaming_features import run
+
+    out = Path(p["out_dir"])
+    argv = _store_args(p, out) + ["--replay"]
+    with _Clock() as clock:
+        run(argv)
+    return {**clock.as_dict(p["events"]), "argv": argv, "engine": "direct",
+            "panes": _panes(out / "offline", p["views"])}
+
+
+@case
 def streaming_engine(p: dict[str, Any]) -> dict[str, Any]:
     """pipelines.streaming_features.run --events (files read as a stream) on Prism or Flink."""
     from benchmarks.engines import runner_args
     from pipelines.streaming_features import run
 
     out = Path(p["out_dir"])
-    argv = [
-        "--events",
-        p["events_path"],
-        "--feature_spec",
-        p["spec"],
-        "--online_store",
-        f"sqlite:///{out / 'online.db'}",
-        "--offline_store",
-        str(out / "offline"),
-        "--streaming",
-        *runner_args(p["engine"]),
-    ]
+    argv = _store_args(p, out) + ["--streaming", *runner_args(p["engine"])]
     with _Clock() as clock:
         result = run(argv)
     try:
