@@ -164,9 +164,9 @@ def handwritten_streaming(p: dict[str, Any]) -> dict[str, Any]:
 
     from benchmarks import handwritten
     from benchmarks.engines import runner_args
-    from transforms.events import ParsePlan
-    from transforms.replay import build_replay, read_lines
+    from transforms.parse import ParsePlan
     from transforms.spec import load_spec
+    from transforms.streaming.replay import build_replay, read_lines
 
     class ReplayLines(beam.PTransform):
         """The lines of the file as the replay plays them (TestStream; same watermark steps and

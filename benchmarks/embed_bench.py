@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from transforms import embed  # noqa: E402
+from transforms.embed import model as embed_model  # noqa: E402
+from transforms.embed import transform as embed_transform  # noqa: E402
 from transforms.spec import parse_spec  # noqa: E402
 
 GOAL = 0.85
@@ -78,7 +79,7 @@ def timed(run: Callable[[], Any]) -> Timing:
 
 
 def bare(
-    encoder: embed.TextEncoder, texts: list[str], batch_size: int, naive: bool = False
+    encoder: embed_model.TextEncoder, texts: list[str], batch_size: int, naive: bool = False
 ) -> None:
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
@@ -89,14 +90,14 @@ def bare(
             encoder.encode(chunk)
 
 
-def padded_tokens(encoder: embed.TextEncoder, texts: list[str], batch_size: int) -> dict[str, Any]:
+def padded_tokens(encoder: embed_model.TextEncoder, texts: list[str], batch_size: int) -> dict[str, Any]:
     """Tokens the model computes per real token: one padded batch vs length-sorted sub-batches."""
     ids, _ = encoder.tokenize(texts)
     naive = planned = 0
     for start in range(0, len(ids), batch_size):
         lengths = [len(i) for i in ids[start : start + batch_size]]
         naive += len(lengths) * max(lengths)
-        for chunk in embed.plan_sub_batches(lengths, encoder.sub_batch_size):
+        for chunk in embed_model.plan_sub_batches(lengths, encoder.sub_batch_size):
             planned += len(chunk) * max(lengths[i] for i in chunk)
     real = sum(len(i) for i in ids)
     return {"naive": round(naive / real, 2), "sub_batches": round(planned / real, 2)}
@@ -104,11 +105,11 @@ def padded_tokens(encoder: embed.TextEncoder, texts: list[str], batch_size: int)
 
 def pipeline_run(texts: list[str], device: str, batch_size: int) -> tuple[Timing, float, float]:
     """One pipeline run -> (timing end to end, seconds loading the model, seconds in the model)."""
-    before = embed.process_stats()
-    handler = embed.TextEmbeddingHandler(
+    before = embed_model.process_stats()
+    handler = embed_model.TextEmbeddingHandler(
         device=device, min_batch_size=batch_size, max_batch_size=batch_size
     )
-    records = [embed.TextRecord(f"i{i}", i, t) for i, t in enumerate(texts)]
+    records = [embed_transform.TextRecord(f"i{i}", i, t) for i, t in enumerate(texts)]
     results = []
 
     def run() -> None:
@@ -116,7 +117,7 @@ def pipeline_run(texts: list[str], device: str, batch_size: int) -> tuple[Timing
         out = (
             pipeline
             | "Create" >> beam.Create(records)
-            | "Embed" >> embed.EmbedTexts(SPEC, SPEC.embeddings[0], handler)
+            | "Embed" >> embed_transform.EmbedTexts(SPEC, SPEC.embeddings[0], handler)
         )
         out.rows | "Count" >> beam.Map(lambda _: Metrics.counter("bench", "rows").inc())
         result = pipeline.run()
@@ -133,14 +134,14 @@ def pipeline_run(texts: list[str], device: str, batch_size: int) -> tuple[Timing
         for d in metrics["distributions"]
         if d.key.metric.name == "inference_batch_latency_micro_secs"
     )
-    load_s = embed.process_stats().load_seconds - before.load_seconds
+    load_s = embed_model.process_stats().load_seconds - before.load_seconds
     return timing, load_s, in_model_us / 1e6
 
 
 def bench_device(device: str, texts: list[str], batch_size: int, repeats: int) -> dict[str, Any]:
     """Interleaved rounds (bare, pipeline) so load from other processes hits both; the best
     round of each counts."""
-    encoder = embed.load_encoder(None, device)
+    encoder = embed_model.load_encoder(None, device)
     bare(encoder, texts[: batch_size * 2], batch_size)  # warm-up (allocator, kernels)
     padding = padded_tokens(encoder, texts, batch_size)
     # The naive loop only shows what sorting saves: once is enough.

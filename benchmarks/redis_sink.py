@@ -26,16 +26,16 @@ from typing import Any, Callable, Optional
 import redis
 
 from benchmarks.workload import SLIDING_VIEW
-from transforms.features import FeatureRow
+from transforms.records import FeatureRow
 from transforms.spec import FeatureSpecFile
-from transforms.stores.feast_codec import (
+from transforms.io.online.feast_codec import (
     encode_timestamp,
     encode_value,
     feature_field,
     serialize_entity_key,
 )
-from transforms.stores.online import layouts
-from transforms.stores.redis_store import RedisOnlineStore
+from transforms.io.online.redis import RedisOnlineStore
+from transforms.records import layouts
 
 WINDOW_END_MS = 1_767_229_200_000
 Payload = tuple[bytes, dict[Any, Any]]  # key, {field: value} (bytes; Any for redis-py's stubs)

@@ -366,7 +366,7 @@ def _run_portable(engine: str, minutes: float, rate: float, out: Path, warmup: f
     from benchmarks import soak_source
     from benchmarks.engines import runner_args
     from pipelines.common import check_online_store
-    from transforms.feature_pipeline import FeaturePipeline
+    from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
     from transforms.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -383,9 +383,9 @@ def _run_portable(engine: str, minutes: float, rate: float, out: Path, warmup: f
         pipeline
         | "Generate events" >> soak_source.GeneratedEvents(rate, max_bundle_s=FLINK_MAX_BUNDLE_S if engine == "flink" else 0.0)
         # as streaming_features builds it for a live source (Pub/Sub): wall-clock lateness guard
-        | "Features" >> FeaturePipeline(spec, streaming=True, online_store=online, offline_store=offline,
-                                        dead_letter=offline + "/_dead_letters", clock="wall")
+        | "Features" >> FeaturePipeline(spec, clock="wall")
     )
+    outputs | "Write" >> WriteFeatures(spec, online, offline, dead_letter=offline + "/_dead_letters")
     outputs.rows | "Tally rows" >> beam.ParDo(soak_source.TallyRows())
 
     me = os.getpid()

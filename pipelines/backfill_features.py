@@ -19,21 +19,15 @@ from pipelines.common import (
     UsageError,
     check_online_store,
     check_outputs,
-    dead_letter_destination,
     is_local,
     require,
     redacted,
     report,
     run_main,
 )
-from transforms.feature_pipeline import (
-    DeadLetterPayloads,
-    FeaturePipeline,
-    ReadEventFiles,
-    TiledFeaturePipeline,
-    matching_files,
-)
-from transforms.sinks import RunCommit
+from transforms.backfill.files import DeadLetterPayloads, ReadEventFiles, matching_files
+from transforms.feature_pipeline import FeaturePipeline, TiledFeaturePipeline, WriteFeatures
+from transforms.io.commit import RunCommit
 from transforms.spec import load_spec
 
 _LOG = logging.getLogger(__name__)
@@ -59,52 +53,54 @@ class BackfillOptions(PipelineOptions):
 OPTIONS = (EventFileOptions, FeatureStoreOptions, BackfillOptions)
 
 
-def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, preaggregate: bool,
-          from_dead_letters: bool = False) -> None:
-    spec = load_spec(stores.feature_spec)
-    paths = matching_files(events)
-    # re-running over the same input files replaces that run's offline and dead-letter files
-    sinks = dict(online_store=stores.online_store, offline_store=stores.offline_store,
-                 dead_letter=stores.dead_letter, commit=RunCommit.for_inputs(paths))
-    if from_dead_letters:
-        (
-            pipeline
-            | "Read dead letters" >> ReadEventFiles(events)
-            | "Payloads" >> beam.ParDo(DeadLetterPayloads())
-            | "Features" >> FeaturePipeline(spec, streaming=False, **sinks)
-        )
-    elif preaggregate:
-        pipeline | "Features" >> TiledFeaturePipeline(spec, paths, **sinks)
-    else:
-        (
-            pipeline
-            | "Read events" >> ReadEventFiles(events)
-            | "Features" >> FeaturePipeline(spec, streaming=False, **sinks)
-        )
-
-
-def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineResult:
-    options = PipelineOptions(argv)
+def check_options(options: PipelineOptions) -> None:
+    """Validation: flags, the input files, outputs and (locally) the online store."""
     events = options.view_as(EventFileOptions).events
     stores = options.view_as(FeatureStoreOptions)
     require(options, "events", "feature_spec", "online_store", "offline_store")
     spec = load_spec(stores.feature_spec)
     if not matching_files(events):
         raise UsageError(f"--events: no files match {events!r}")
-    dead_letter_destination(stores)
     check_outputs(stores)
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or "DirectRunner"
     if is_local(options):
         check_online_store(stores.online_store, spec)
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+    """The graph: event files (or dead letters) -> features -> stores and dead letters."""
+    events = options.view_as(EventFileOptions).events
+    stores = options.view_as(FeatureStoreOptions)
+    backfill = options.view_as(BackfillOptions)
+    spec = load_spec(stores.feature_spec)
+    paths = matching_files(events)
     _LOG.info(
         "backfill: %d view(s) from %s -> online %s, offline %s, dead letters %s",
         len(spec.feature_views), events, redacted(stores.online_store),
         stores.offline_store, stores.dead_letter,
     )
+    if backfill.from_dead_letters == "true":
+        outputs = (
+            pipeline
+            | "Read dead letters" >> ReadEventFiles(events)
+            | "Payloads" >> beam.ParDo(DeadLetterPayloads())
+            | "Features" >> FeaturePipeline(spec)
+        )
+    elif backfill.preaggregate == "true":
+        outputs = pipeline | "Features" >> TiledFeaturePipeline(spec, paths)
+    else:
+        outputs = pipeline | "Read events" >> ReadEventFiles(events) | "Features" >> FeaturePipeline(spec)
+    # re-running over the same input files replaces that run's offline and dead-letter files
+    outputs | "Write" >> WriteFeatures(spec, stores.online_store, stores.offline_store, stores.dead_letter,
+                                       commit=RunCommit.for_inputs(paths))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineResult:
+    options = PipelineOptions(argv)
+    check_options(options)
     pipeline = beam.Pipeline(options=options)
-    backfill = options.view_as(BackfillOptions)
-    build(pipeline, events, stores, backfill.preaggregate == "true", backfill.from_dead_letters == "true")
+    build(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
     return result

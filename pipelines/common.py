@@ -13,12 +13,16 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import check_flags, describe_failure, fail, handle_help
+from transforms.io.online.base import StoreError
+from transforms.io.online.config import redact_url
+from transforms.io.online.registry import open_online_store
 from transforms.spec import FeatureSpecFile, SpecError
-from transforms.stores.online import StoreError, open_online_store, redact_url
 
 _LOG = logging.getLogger(__name__)
 LOCAL_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "fnapirunner", "prismrunner",
                  "switchingdirectrunner", "testdirectrunner"}
+# Beam's own streaming engine (the DirectRunner's), which runs Pub/Sub and TestStream only
+DIRECT_STREAMING_RUNNERS = ("bundlebaseddirectrunner", "switchingdirectrunner")
 
 
 class VerboseOptions(PipelineOptions):
@@ -105,7 +109,8 @@ def dead_letter_destination(stores: "FeatureStoreOptions") -> str:
 
 def check_outputs(stores: "FeatureStoreOptions") -> None:
     """Local output directories must be directories we can write (or create), checked before any
-    work and without creating anything."""
+    work and without creating anything (--dead_letter defaulted first)."""
+    dead_letter_destination(stores)
     for flag, path in (("--offline_store", stores.offline_store), ("--dead_letter", stores.dead_letter)):
         if not path or "://" in path or path.startswith("projects/"):
             continue  # remote filesystems and Pub/Sub topics are checked by their clients
@@ -137,7 +142,7 @@ def use_streaming_engine(options: PipelineOptions, pubsub: "PubSubInputOptions")
     standard.streaming = True
     if (standard.runner or "DirectRunner") == "DirectRunner":
         standard.runner = "BundleBasedDirectRunner"
-    direct = runner_name(options).lower() in ("bundlebaseddirectrunner", "switchingdirectrunner")
+    direct = runner_name(options).lower() in DIRECT_STREAMING_RUNNERS
     if pubsub.id_attribute and direct:
         raise UsageError(
             "--id_attribute: Beam's DirectRunner cannot de-duplicate Pub/Sub messages by attribute "
@@ -147,7 +152,7 @@ def use_streaming_engine(options: PipelineOptions, pubsub: "PubSubInputOptions")
 
 
 def read_pubsub(pipeline: beam.Pipeline, pubsub: "PubSubInputOptions") -> beam.PCollection:
-    from transforms.sources import ReadPubSubEvents
+    from transforms.streaming.pubsub import ReadPubSubEvents
 
     try:
         return pipeline | "Read events" >> ReadPubSubEvents(

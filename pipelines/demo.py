@@ -24,7 +24,7 @@ from pipelines import streaming_features
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate, write_jsonl
 from pipelines.summary import output_summary, pane_counts
-from transforms.sinks import read_dead_letters
+from transforms.io.sinks import read_dead_letters
 from transforms.spec import load_spec
 
 SPEC = Path(__file__).parent / "examples" / "shop.yaml"

@@ -26,7 +26,6 @@ from pipelines.common import (
     UsageError,
     check_online_store,
     check_outputs,
-    dead_letter_destination,
     is_local,
     redacted,
     report,
@@ -36,17 +35,11 @@ from pipelines.common import (
     run_pipeline,
     use_streaming_engine,
 )
-from transforms.embed import (
-    DEVICES,
-    EmbeddingDependencyError,
-    EmbedTexts,
-    ParseTextEvents,
-    TextEmbeddingHandler,
-)
-from transforms.feature_pipeline import ReadEventFiles, matching_files
-from transforms.sinks import WriteDeadLetters, WriteOnline
-from transforms.spec import FeatureSpecFile, load_spec
-from transforms.stores.offline_embeddings import WriteEmbeddingsOffline
+from transforms.backfill.files import ReadEventFiles, matching_files
+from transforms.embed.model import DEVICES, EmbeddingDependencyError, TextEmbeddingHandler
+from transforms.embed.transform import EmbedTexts, ParseTextEvents
+from transforms.io.sinks import WriteDeadLetters, WriteEmbeddingsOffline, WriteOnline
+from transforms.spec import load_spec
 
 _LOG = logging.getLogger(__name__)
 
@@ -105,15 +98,46 @@ def make_handler(
         raise UsageError(f"--model_path/batch options: {err}") from None
 
 
-def build(
-    raw: beam.PCollection,
-    spec: FeatureSpecFile,
-    knobs: EmbedOptions,
-    stores: FeatureStoreOptions,
-    streaming: bool,
-    timestamp_from_element: bool = False,
-) -> None:
-    """Raw events -> one parse + EmbedTexts per embedding -> online, offline and dead letters."""
+def check_options(options: PipelineOptions) -> None:
+    """Validation: flags, the one input, the spec's embeddings, outputs, the engine (set on the
+    options) and (locally) the online store."""
+    events = options.view_as(EventFileOptions).events
+    pubsub = options.view_as(PubSubInputOptions)
+    stores = options.view_as(FeatureStoreOptions)
+    require(options, "feature_spec", "online_store", "offline_store")
+    if sum([bool(events), bool(pubsub.input_subscription), bool(pubsub.input_topic)]) != 1:
+        raise UsageError("give exactly one input: --events, --input_subscription or --input_topic")
+    spec = load_spec(stores.feature_spec)
+    if not spec.embeddings:
+        raise UsageError(f"{stores.feature_spec}: no `embeddings:` section; nothing to embed")
+    check_outputs(stores)
+    if not events:
+        use_streaming_engine(options, pubsub)
+    else:
+        standard = options.view_as(StandardOptions)
+        standard.runner = standard.runner or "DirectRunner"
+        if not matching_files(events):
+            raise UsageError(f"--events: no files match {events!r}")
+    if is_local(options):
+        check_online_store(stores.online_store, spec)
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
+    """The graph: files (bounded) or Pub/Sub (a stream) -> one parse + EmbedTexts per embedding
+    -> online, offline and dead letters."""
+    events = options.view_as(EventFileOptions).events
+    pubsub = options.view_as(PubSubInputOptions)
+    knobs = options.view_as(EmbedOptions)
+    stores = options.view_as(FeatureStoreOptions)
+    spec = load_spec(stores.feature_spec)
+    if events:
+        raw = pipeline | "Read events" >> ReadEventFiles(events)
+        source = events
+    else:
+        raw = read_pubsub(pipeline, pubsub)
+        source = pubsub.input_subscription or pubsub.input_topic
+    streaming = not raw.is_bounded
+    timestamp_from_element = streaming and bool(pubsub.timestamp_attribute)
     rows, dead = [], []
     for embedding in spec.embeddings:
         model_path = embedding.model_path or knobs.model_path
@@ -139,50 +163,6 @@ def build(
         | "Merge dead letters" >> beam.Flatten()
         | "Dead letters" >> WriteDeadLetters(stores.dead_letter)
     )
-
-
-def run(
-    argv: Optional[Sequence[str]] = None, wait: bool = True
-) -> beam.runners.runner.PipelineResult:
-    options = PipelineOptions(argv)
-    events = options.view_as(EventFileOptions).events
-    pubsub = options.view_as(PubSubInputOptions)
-    knobs = options.view_as(EmbedOptions)
-    stores = options.view_as(FeatureStoreOptions)
-    require(options, "feature_spec", "online_store", "offline_store")
-    if sum([bool(events), bool(pubsub.input_subscription), bool(pubsub.input_topic)]) != 1:
-        raise UsageError("give exactly one input: --events, --input_subscription or --input_topic")
-    spec = load_spec(stores.feature_spec)
-    if not spec.embeddings:
-        raise UsageError(f"{stores.feature_spec}: no `embeddings:` section; nothing to embed")
-    dead_letter_destination(stores)
-    check_outputs(stores)
-    streaming = not events
-    if streaming:
-        use_streaming_engine(options, pubsub)
-    else:
-        standard = options.view_as(StandardOptions)
-        standard.runner = standard.runner or "DirectRunner"
-        if not matching_files(events):
-            raise UsageError(f"--events: no files match {events!r}")
-    if is_local(options):
-        check_online_store(stores.online_store, spec)
-
-    pipeline = beam.Pipeline(options=options)
-    if events:
-        raw = pipeline | "Read events" >> ReadEventFiles(events)
-        source = events
-    else:
-        raw = read_pubsub(pipeline, pubsub)
-        source = pubsub.input_subscription or pubsub.input_topic
-    build(
-        raw,
-        spec,
-        knobs,
-        stores,
-        streaming,
-        timestamp_from_element=streaming and bool(pubsub.timestamp_attribute),
-    )
     _LOG.info(
         "embed_texts: %s from %s -> online %s, offline %s, dead letters %s",
         ", ".join(e.name for e in spec.embeddings),
@@ -191,6 +171,15 @@ def run(
         stores.offline_store,
         stores.dead_letter,
     )
+
+
+def run(
+    argv: Optional[Sequence[str]] = None, wait: bool = True
+) -> beam.runners.runner.PipelineResult:
+    options = PipelineOptions(argv)
+    check_options(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options)
     return run_pipeline(pipeline, wait)
 
 

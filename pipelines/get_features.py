@@ -12,9 +12,9 @@ import sys
 from typing import Any, Optional, Sequence
 
 from pipelines.common import UsageError, run_main
+from transforms.io.online.feast_codec import rfc3339
+from transforms.io.online.registry import open_online_store
 from transforms.spec import load_spec
-from transforms.stores.feast_codec import rfc3339
-from transforms.stores.online import open_online_store
 
 
 def get_features(spec_path: str, online_store: str, view: str, entities: Sequence[str]) -> list[dict[str, Any]]:

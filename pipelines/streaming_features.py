@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.summary import output_summary, print_summary
 from pipelines.common import (
+    DIRECT_STREAMING_RUNNERS,
     EventFileOptions,
     FeatureStoreOptions,
     PubSubInputOptions,
@@ -42,10 +43,11 @@ from pipelines.common import (
     runner_name,
     use_streaming_engine,
 )
-from transforms.events import ParsePlan
-from transforms.feature_pipeline import FeaturePipeline, ReadEventFiles, matching_files
-from transforms.replay import ReplayStats, build_replay, read_lines
-from transforms.spec import load_spec, parse_duration
+from transforms.backfill.files import ReadEventFiles, matching_files
+from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
+from transforms.parse import ParsePlan
+from transforms.spec import FeatureSpecFile, load_spec, parse_duration
+from transforms.streaming.replay import ReplayStats, build_replay, read_lines
 
 _LOG = logging.getLogger(__name__)
 
@@ -77,12 +79,8 @@ REPLAY_REFUSED = {
 }
 
 
-def run(
-    argv: Optional[Sequence[str]] = None,
-    wait: bool = True,
-    on_start: Optional[Callable[[beam.runners.runner.PipelineResult, Optional[ReplayStats]], None]] = None,
-) -> beam.runners.runner.PipelineResult:
-    options = PipelineOptions(argv)
+def check_options(options: PipelineOptions) -> None:
+    """Validation: flags, the input, the engine (set on the options), outputs and the online store."""
     pubsub = options.view_as(PubSubInputOptions)
     replay = options.view_as(ReplayOptions)
     events = options.view_as(EventFileOptions).events
@@ -100,13 +98,17 @@ def run(
         runner = runner_name(options)
         why = REPLAY_REFUSED.get(runner.lower(), "it uses Beam's TestStream")
         raise UsageError(f"--replay runs on the DirectRunner only ({why}); got --runner {runner}")
-    dead_letter_destination(stores)
     check_outputs(stores)
     if is_local(options):
         check_online_store(stores.online_store, spec)
 
-    pipeline = beam.Pipeline(options=options)
-    stats: Optional[ReplayStats] = None
+
+def read_events(pipeline: beam.Pipeline, options: PipelineOptions,
+                spec: FeatureSpecFile) -> tuple[beam.PCollection, str, Optional[ReplayStats]]:
+    """Source choice: (raw events, a description of the source, the replay's stats if replayed)."""
+    pubsub = options.view_as(PubSubInputOptions)
+    replay = options.view_as(ReplayOptions)
+    events = options.view_as(EventFileOptions).events
     if replay.replay:
         try:
             lines = read_lines(events)
@@ -117,40 +119,57 @@ def run(
         except ValueError as err:
             raise UsageError(f"--replay_max_delay {err}") from None
         stream, stats = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=max_delay)
-        raw = pipeline | "Replay events" >> stream
         source = f"replay of {events} ({stats.events} events, {stats.late_on_arrival} late on arrival)"
-    elif events:
+        return pipeline | "Replay events" >> stream, source, stats
+    if events:
         # Files read in streaming mode, for Flink/Dataflow (the local engine cannot stream a
         # splittable file read; locally, --replay is the way).
-        if direct:
+        if runner_name(options).lower() in DIRECT_STREAMING_RUNNERS:
             raise UsageError("--events without --replay reads files as a stream, which needs Prism "
                              "(`make engines`, then --runner PrismRunner), Flink or Dataflow; "
                              "or add --replay")
         if not matching_files(events):
             raise UsageError(f"--events: no files match {events!r}")
-        raw = pipeline | "Read events" >> ReadEventFiles(events)
-        source = events
-    else:
-        raw = read_pubsub(pipeline, pubsub)
-        source = pubsub.input_subscription or pubsub.input_topic
+        return pipeline | "Read events" >> ReadEventFiles(events), events, None
+    return read_pubsub(pipeline, pubsub), pubsub.input_subscription or pubsub.input_topic, None
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Optional[ReplayStats]:
+    """The graph: source -> FeaturePipeline -> stores and dead letters. Returns the replay's
+    stats when --replay."""
+    pubsub = options.view_as(PubSubInputOptions)
+    replayed = options.view_as(ReplayOptions).replay
+    events = options.view_as(EventFileOptions).events
+    stores = options.view_as(FeatureStoreOptions)
+    spec = load_spec(stores.feature_spec)
+    raw, source, stats = read_events(pipeline, options, spec)
     try:
-        raw | "Features" >> FeaturePipeline(
+        outputs = raw | "Features" >> FeaturePipeline(
             spec,
-            streaming=True,
-            online_store=stores.online_store,
-            offline_store=stores.offline_store,
-            dead_letter=stores.dead_letter,
             timestamp_from_element=bool(pubsub.timestamp_attribute),
             # the lateness guard's clock: the replay's watermark, or wall-clock time for Pub/Sub
-            clock="element" if replay.replay else "wall" if not events else None,
+            clock="element" if replayed else "wall" if not events else None,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
+    outputs | "Write" >> WriteFeatures(spec, stores.online_store, stores.offline_store, stores.dead_letter)
     _LOG.info(
         "streaming: %d view(s) from %s -> online %s, offline %s, dead letters %s",
         len(spec.feature_views), source, redacted(stores.online_store), stores.offline_store,
         stores.dead_letter,
     )
+    return stats
+
+
+def run(
+    argv: Optional[Sequence[str]] = None,
+    wait: bool = True,
+    on_start: Optional[Callable[[beam.runners.runner.PipelineResult, Optional[ReplayStats]], None]] = None,
+) -> beam.runners.runner.PipelineResult:
+    options = PipelineOptions(argv)
+    check_options(options)
+    pipeline = beam.Pipeline(options=options)
+    stats = build(pipeline, options)
     return run_pipeline(pipeline, wait, on_start=(lambda result: on_start(result, stats)) if on_start else None)
 
 

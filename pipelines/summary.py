@@ -8,7 +8,7 @@ from typing import Optional
 
 import pyarrow.dataset as ds
 
-from transforms.sinks import read_dead_letters
+from transforms.io.sinks import read_dead_letters
 from transforms.spec import FeatureSpecFile
 
 

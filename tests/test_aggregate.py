@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from helpers import make_spec, view
 from transforms.aggregate import HLL_LG_K, FeatureViewCombineFn
-from transforms.events import ParsePlan
+from transforms.parse import ParsePlan
 
 FEATURES = [
     {"name": "n", "agg": "count"},

@@ -15,11 +15,11 @@ from pipelines import backfill_features
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate
 from reference import all_windows, assert_close, current_windows
-from transforms.events import decode_json
-from transforms.feature_pipeline import FeaturePipeline
-from transforms.sinks import read_dead_letters
+from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
+from transforms.io.online.feast_codec import rfc3339
+from transforms.io.sinks import read_dead_letters
+from transforms.parse import decode_json
 from transforms.spec import load_spec
-from transforms.stores.feast_codec import rfc3339
 
 N_EVENTS = 4000
 MALFORMED_EVERY = 500
@@ -125,7 +125,7 @@ def test_streaming_final_panes_equal_the_backfill(events_file, tmp_path):
 
     offline_stream = tmp_path / "stream"
     with beam.Pipeline(options=streaming_options()) as p:
-        p | stream | FeaturePipeline(spec, streaming=True, offline_store=str(offline_stream))
+        p | stream | FeaturePipeline(spec) | WriteFeatures(spec, offline_store=str(offline_stream))
     offline_batch = tmp_path / "batch"
     backfill_features.run([
         "--events", str(events), "--feature_spec", str(EXAMPLE_SPEC),

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines import backfill_features, streaming_features
-from transforms.events import BadEvent, ParsePlan
-from transforms.sinks import read_dead_letters
+from transforms.io.sinks import read_dead_letters
+from transforms.parse import BadEvent, ParsePlan
 from transforms.spec import parse_spec
 
 T0 = 1_767_225_600_000

@@ -17,9 +17,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import streaming_options_on
 from helpers import make_spec, ms, view
 from pipelines import backfill_features
-from transforms import tiles
+from transforms.backfill import files
 from transforms.dedup import DropDuplicateEvents
-from transforms.events import ParseEvents
+from transforms.parse import ParseEvents
 
 
 def _event(t: float, event_id: str | None, amount: float = 1.0, user: str = "u1") -> str:
@@ -44,7 +44,7 @@ def test_streaming_drops_repeated_ids_within_the_horizon_only(engine):
     )
     with beam.Pipeline(options=streaming_options_on(engine)) as p:
         events = p | stream | ParseEvents(spec)
-        unique = events.events | DropDuplicateEvents(horizon, streaming=True)
+        unique = events.events | DropDuplicateEvents(horizon)
         assert_that(unique | beam.Map(lambda e: (e.event_id, e.nums[0])),
                     equal_to([("a", 1.0), ("b", 2.0), (None, 4.0), (None, 4.0), ("a", 8.0)]))
     removed = sum(c.committed for c in p.result.metrics().query()["counters"]
@@ -55,7 +55,7 @@ def test_streaming_drops_repeated_ids_within_the_horizon_only(engine):
 
 @pytest.mark.parametrize("preaggregate", ["true", "false"])
 def test_backfill_removes_duplicates_across_split_ranges(tmp_path, monkeypatch, preaggregate):
-    monkeypatch.setattr(tiles, "RANGE_BYTES", 2048)  # many ranges: copies land in different ones
+    monkeypatch.setattr(files, "RANGE_BYTES", 2048)  # many ranges: copies land in different ones
     lines = []
     for i in range(300):
         lines.append(_event(i, f"e{i}", float(i), user=f"u{i % 3}"))

@@ -35,9 +35,10 @@ from helpers import T0  # noqa: E402
 
 from pipelines import embed_texts  # noqa: E402
 from pipelines.get_features import get_features  # noqa: E402
-from transforms import embed  # noqa: E402
-from transforms.events import BadEvent  # noqa: E402
-from transforms.sinks import WriteDeadLetters, read_dead_letters  # noqa: E402
+from transforms.embed import model as embed_model  # noqa: E402
+from transforms.embed import transform as embed_transform  # noqa: E402
+from transforms.io.sinks import WriteDeadLetters, read_dead_letters  # noqa: E402
+from transforms.parse import BadEvent  # noqa: E402
 from transforms.spec import parse_spec  # noqa: E402
 
 MS = T0 * 1000
@@ -76,12 +77,12 @@ def reference():
     """sentence-transformers on the same local files: the ground truth for our vectors."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(embed.default_model_path(), device="cpu")
+    model = SentenceTransformer(embed_model.default_model_path(), device="cpu")
     return lambda texts: model.encode(list(texts), normalize_embeddings=True)
 
 
 def records(texts, entity_prefix="i"):
-    return [embed.TextRecord(f"{entity_prefix}{i}", MS + i, t) for i, t in enumerate(texts)]
+    return [embed_transform.TextRecord(f"{entity_prefix}{i}", MS + i, t) for i, t in enumerate(texts)]
 
 
 def run_embed(spec, items, tmp_path, handler=None, options=None):
@@ -94,8 +95,8 @@ def run_embed(spec, items, tmp_path, handler=None, options=None):
     embedded = (
         pipeline
         | "Create" >> beam.Create([tuple(item) for item in items])
-        | "To records" >> beam.Map(lambda t: embed.TextRecord(*t))
-        | "Embed" >> embed.EmbedTexts(spec, spec.embeddings[0], handler)
+        | "To records" >> beam.Map(lambda t: embed_transform.TextRecord(*t))
+        | "Embed" >> embed_transform.EmbedTexts(spec, spec.embeddings[0], handler)
     )
     (
         embedded.rows
@@ -124,7 +125,7 @@ def counters(result, namespace="embed"):
 
 def test_vectors_match_sentence_transformers(spec, reference, tmp_path):
     rows, dead, result = run_embed(
-        spec, records(TEXTS), tmp_path, embed.TextEmbeddingHandler(device="cpu")
+        spec, records(TEXTS), tmp_path, embed_model.TextEmbeddingHandler(device="cpu")
     )
     assert dead == []
     expected = reference(TEXTS)
@@ -146,7 +147,7 @@ def test_vectors_match_sentence_transformers(spec, reference, tmp_path):
 
 def test_sub_batches_group_similar_lengths_and_cover_every_text():
     lengths = [5, 300, 6, 7, 20, 40, 41, 3]
-    plan = embed.plan_sub_batches(lengths, 3)
+    plan = embed_model.plan_sub_batches(lengths, 3)
     assert plan == [[7, 0, 2], [3], [4], [5, 6], [1]]
     assert sorted(i for chunk in plan for i in chunk) == list(range(len(lengths)))
     for chunk in plan:
@@ -165,13 +166,13 @@ class CountBundles(beam.DoFn):
 @pytest.fixture(scope="module")
 def many_bundles(spec, tmp_path_factory):
     """120 texts over 4 worker threads (4 bundles, 4 DoFn instances) in this process."""
-    before = embed.process_stats()
+    before = embed_model.process_stats()
     options = PipelineOptions(
         [], runner="FnApiRunner", direct_num_workers=4, direct_running_mode="multi_threading"
     )
     pipeline = beam.Pipeline(options=options)
     # A configuration of its own (sub_batch_size): this process has not loaded it yet.
-    handler = embed.TextEmbeddingHandler(
+    handler = embed_model.TextEmbeddingHandler(
         device="cpu", min_batch_size=4, max_batch_size=8, sub_batch_size=7
     )
     items = records([f"product number {i} " + "word " * (i % 17) for i in range(120)])
@@ -180,12 +181,12 @@ def many_bundles(spec, tmp_path_factory):
         | beam.Create(items)
         | beam.Reshuffle()
         | beam.ParDo(CountBundles())
-        | embed.EmbedTexts(spec, spec.embeddings[0], handler)
+        | embed_transform.EmbedTexts(spec, spec.embeddings[0], handler)
     )
     out.rows | beam.Map(lambda row: Metrics.counter("test", "rows").inc())
     result = pipeline.run()
     result.wait_until_finish()
-    after = embed.process_stats()
+    after = embed_model.process_stats()
     return result, before, after
 
 
@@ -224,13 +225,13 @@ class CountBundlesHere(beam.DoFn):
 
 
 def test_streaming_flushes_partial_batches_and_loads_once(spec):
-    before = embed.process_stats()
+    before = embed_model.process_stats()
     stream = TestStream()
     for group in range(6):  # 6 arrivals of 5 texts: 5 is not a multiple of the batch size
         stream = stream.add_elements(records([f"text {group}-{i}" for i in range(5)], f"g{group}-"))
         stream = stream.advance_watermark_to(group + 1).advance_processing_time(1)
     pipeline = beam.Pipeline(options=streaming_options())
-    handler = embed.TextEmbeddingHandler(
+    handler = embed_model.TextEmbeddingHandler(
         device="cpu", min_batch_size=4, max_batch_size=4, max_batch_duration_secs=0.2,
         sub_batch_size=5,  # a configuration of its own: not loaded by this process yet
     )
@@ -238,10 +239,10 @@ def test_streaming_flushes_partial_batches_and_loads_once(spec):
         pipeline
         | stream.advance_watermark_to_infinity()
         | beam.ParDo(CountBundlesHere())
-        | embed.EmbedTexts(spec, spec.embeddings[0], handler)
+        | embed_transform.EmbedTexts(spec, spec.embeddings[0], handler)
     )
     pipeline.run().wait_until_finish()
-    after = embed.process_stats()
+    after = embed_model.process_stats()
     sizes = after.batch_sizes[len(before.batch_sizes) :]
     # The runner sets DoFns up and tears them down per bundle, and Beam's Shared holds the model
     # weakly: without load_encoder's process cache the model was loaded again now and then.
@@ -252,15 +253,15 @@ def test_streaming_flushes_partial_batches_and_loads_once(spec):
 
 def test_bad_texts_become_dead_letters_with_reasons(spec, tmp_path):
     items = [
-        embed.TextRecord("ok", MS, "a fine title"),
-        embed.TextRecord("long", MS, "word " * 5000),  # truncated, still embedded
-        embed.TextRecord("none", MS, None),
-        embed.TextRecord("empty", MS, ""),
-        embed.TextRecord("blank", MS, " \n\t "),
-        embed.TextRecord("huge", MS, "x" * 100_001),
-        embed.TextRecord("number", MS, 5),
+        embed_transform.TextRecord("ok", MS, "a fine title"),
+        embed_transform.TextRecord("long", MS, "word " * 5000),  # truncated, still embedded
+        embed_transform.TextRecord("none", MS, None),
+        embed_transform.TextRecord("empty", MS, ""),
+        embed_transform.TextRecord("blank", MS, " \n\t "),
+        embed_transform.TextRecord("huge", MS, "x" * 100_001),
+        embed_transform.TextRecord("number", MS, 5),
     ]
-    rows, dead, result = run_embed(spec, items, tmp_path, embed.TextEmbeddingHandler(device="cpu"))
+    rows, dead, result = run_embed(spec, items, tmp_path, embed_model.TextEmbeddingHandler(device="cpu"))
     assert sorted(rows) == ["long", "ok"]
     by_entity = {json.loads(d["payload"])["item_id"]: d for d in dead}
     assert {k: v["reason"] for k, v in by_entity.items()} == {
@@ -284,7 +285,7 @@ def test_bad_texts_become_dead_letters_with_reasons(spec, tmp_path):
     assert c["dead_lettered"] == 5 and c["texts_truncated"] == 1
 
 
-class ExplodingHandler(embed.TextEmbeddingHandler):
+class ExplodingHandler(embed_model.TextEmbeddingHandler):
     """The real model, except that one text fails (a stand-in for an OOM we cannot cause here)."""
 
     def run_inference(self, batch, model, inference_args=None):
@@ -316,23 +317,23 @@ def test_failed_inference_batches_become_dead_letters(spec, tmp_path):
 )
 def test_parse_refuses_bad_events_with_a_reason(spec, raw, reason):
     with pytest.raises(BadEvent) as err:
-        embed.parse_text_event(raw, embed.text_plan(spec, spec.embeddings[0]), "title")
+        embed_transform.parse_text_event(raw, embed_transform.text_plan(spec, spec.embeddings[0]), "title")
     assert err.value.reason == reason
 
 
 def test_parse_reads_entity_time_and_text(spec):
-    plan = embed.text_plan(spec, spec.embeddings[0])
+    plan = embed_transform.text_plan(spec, spec.embeddings[0])
     raw = b'{"ts": "2026-01-01T00:00:01Z", "item_id": "i9", "title": "shoes"}'
-    assert embed.parse_text_event(raw, plan, "title") == embed.TextRecord("i9", MS + 1000, "shoes")
-    assert embed.parse_text_event({"ts": 7, "item_id": "i9"}, plan, "title") == embed.TextRecord(
+    assert embed_transform.parse_text_event(raw, plan, "title") == embed_transform.TextRecord("i9", MS + 1000, "shoes")
+    assert embed_transform.parse_text_event({"ts": 7, "item_id": "i9"}, plan, "title") == embed_transform.TextRecord(
         "i9", 7, None
     )
     shop = spec.model_copy(
         update={"embeddings": [spec.embeddings[0].model_copy(update={"entity": "shop"})]}
     )
-    plan = embed.text_plan(shop, shop.embeddings[0])
+    plan = embed_transform.text_plan(shop, shop.embeddings[0])
     assert (
-        embed.parse_text_event({"ts": 7, "shop_id": 42, "title": "x"}, plan, "title").entity == "42"
+        embed_transform.parse_text_event({"ts": 7, "shop_id": 42, "title": "x"}, plan, "title").entity == "42"
     )
 
 
@@ -358,27 +359,27 @@ class PrefixedFileSystem(LocalFileSystem):
 
 
 def test_remote_model_path_is_copied_once_per_worker(tmp_path, reference):
-    remote = f"testfs://{embed.default_model_path()}"
-    embed.check_model_path(remote)
-    first = embed.local_model_dir(remote, str(tmp_path / "cache"))
+    remote = f"testfs://{embed_model.default_model_path()}"
+    embed_model.check_model_path(remote)
+    first = embed_model.local_model_dir(remote, str(tmp_path / "cache"))
     copied = len(PrefixedFileSystem.opened)
-    assert copied >= 8 and embed.local_model_dir(remote, str(tmp_path / "cache")) == first
+    assert copied >= 8 and embed_model.local_model_dir(remote, str(tmp_path / "cache")) == first
     assert len(PrefixedFileSystem.opened) == copied  # the second call reuses the cache
     assert os.path.getsize(os.path.join(first, "model.safetensors")) == os.path.getsize(
-        os.path.join(embed.default_model_path(), "model.safetensors")
+        os.path.join(embed_model.default_model_path(), "model.safetensors")
     )
-    encoder = embed.load_encoder(remote, "cpu", cache_dir=str(tmp_path / "cache"))
+    encoder = embed_model.load_encoder(remote, "cpu", cache_dir=str(tmp_path / "cache"))
     vectors, _ = encoder.encode(["red running shoes"])
     assert float(vectors[0] @ reference(["red running shoes"])[0]) > 0.999
 
 
 def test_bad_model_arguments_fail_when_the_transform_is_built(tmp_path):
     with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda \\(got 'tpu'\\)"):
-        embed.TextEmbeddingHandler(device="tpu")
+        embed_model.TextEmbeddingHandler(device="tpu")
     with pytest.raises(ValueError, match=f"config.json \\(got '{tmp_path}'\\)"):
-        embed.TextEmbeddingHandler(str(tmp_path))
+        embed_model.TextEmbeddingHandler(str(tmp_path))
     with pytest.raises(ValueError, match="min_batch_size <= max_batch_size \\(got 9, 8\\)"):
-        embed.TextEmbeddingHandler(min_batch_size=9, max_batch_size=8)
+        embed_model.TextEmbeddingHandler(min_batch_size=9, max_batch_size=8)
 
 
 # -- the CLI ------------------------------------------------------------------------------------
@@ -576,10 +577,10 @@ def test_cli_refuses_a_spec_without_embeddings(tmp_path, capsys, project):
     not torch.cuda.is_available(), reason="no CUDA device: the GPU path runs only where one is"
 )
 def test_gpu_half_precision_matches_cpu(spec, reference, tmp_path):
-    encoder = embed.load_encoder(None, "auto")
+    encoder = embed_model.load_encoder(None, "auto")
     assert encoder.device == "cuda" and next(encoder.model.parameters()).dtype == torch.float16
     rows, dead, _ = run_embed(
-        spec, records(TEXTS), tmp_path, embed.TextEmbeddingHandler(device="cuda")
+        spec, records(TEXTS), tmp_path, embed_model.TextEmbeddingHandler(device="cuda")
     )
     expected = reference(TEXTS)
     assert dead == [] and len(rows) == len(TEXTS)

@@ -32,12 +32,12 @@ from pipelines.get_features import get_features
 from pipelines.sample_events import generate
 from reference import all_windows, assert_close, current_windows
 from test_backfill import good_records, spec_with_project
-from transforms.events import ParsePlan
 from transforms.feature_pipeline import FeaturePipeline
-from transforms.replay import build_replay
-from transforms.sinks import read_dead_letters
+from transforms.io.online.feast_codec import rfc3339
+from transforms.io.sinks import read_dead_letters
+from transforms.parse import ParsePlan
 from transforms.spec import load_spec
-from transforms.stores.feast_codec import rfc3339
+from transforms.streaming.replay import build_replay
 
 N_EVENTS = 2000
 MALFORMED_EVERY = 500
@@ -234,7 +234,7 @@ def test_backfill_on_engine_equals_fnapi_and_reference(engine, preaggregate, sto
 def final_panes(spec, offline: Path) -> dict:
     """{(view, entity, start, end): the row of the window's last pane}, checking pane order: indexes
     0, 1, 2, ..., at most one ON_TIME, EARLY before ON_TIME before LATE (so no engine's empty or
-    repeated closing pane got through, see transforms/features.py)."""
+    repeated closing pane got through, see transforms/compute.py)."""
     final = {}
     for v in spec.feature_views:
         key = spec.entities[v.entity].join_key
@@ -379,7 +379,7 @@ def _replay_panes(runner: list[str], out: Path) -> list[tuple]:
     lines = [line(1, 1.0), line(10, 2.0), line(70, 4.0), line(20, 8.0), line(100, 16.0), line(400, 32.0)]
     stream, _ = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=0, chunk=1)
     with beam.Pipeline(options=PipelineOptions(runner + ["--streaming"])) as p:
-        rows = (p | stream | FeaturePipeline(spec, streaming=True, clock="element")).rows
+        rows = (p | stream | FeaturePipeline(spec, clock="element")).rows
         rows | beam.ParDo(_RecordPanes(str(out)))
     panes = [json.loads(line) for line in out.read_text().splitlines()]
     return sorted(((timing, index, tuple(features)) for timing, index, features in panes), key=lambda p: p[1])

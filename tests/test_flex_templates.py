@@ -33,8 +33,8 @@ from flex_templates import build, launch, schedule, templates
 from flex_templates.image_requirements import requirements as image_requirements
 from pipelines.common import UsageError
 from pipelines.get_features import get_features
-from transforms.sinks import read_dead_letters
-from transforms.sources import SUBSCRIPTION, TOPIC
+from transforms.io.sinks import read_dead_letters
+from transforms.streaming.pubsub import SUBSCRIPTION, TOPIC
 
 DOCKERFILE = REPO / "Dockerfile"
 IMAGE = "us-central1-docker.pkg.dev/my-project/features/{}:v1"
@@ -744,7 +744,7 @@ def test_embed_texts_entry_file_runs_like_the_launcher(tmp_path, redis_url, proj
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from transforms.embed import default_model_path
+    from transforms.embed.model import default_model_path
 
     reference = SentenceTransformer(default_model_path(), device="cpu")
     latest = ["blue winter jacket", "naïve café crème brûlée"]  # i1's newer text wins

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from pipelines import backfill_features, streaming_features
 from pipelines.summary import output_summary
-from transforms.events import ParsePlan, decode_json, payload_bytes
-from transforms.sinks import read_dead_letters
+from transforms.io.offline import read_offline
+from transforms.io.online.registry import open_online_store
+from transforms.io.sinks import read_dead_letters
+from transforms.parse import ParsePlan, decode_json, payload_bytes
 from transforms.spec import parse_spec
-from transforms.stores.offline import read_offline
-from transforms.stores.online import open_online_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SPEC = {

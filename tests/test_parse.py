@@ -10,7 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import batch_options
 from helpers import T0, make_spec, view
-from transforms.events import BadEvent, Event, ParseEvents, ParsePlan, payload_bytes
+from transforms.parse import BadEvent, ParseEvents, ParsePlan, payload_bytes
+from transforms.records import Event
 
 FEATURES = [
     {"name": "n", "agg": "count", "where": {"event_type": "click"}},

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from helpers import make_spec, view
 from pipelines import streaming_features
 from transforms.aggregate import FeatureViewCombineFn
-from transforms.events import BadEvent, ParsePlan, dead_letter, payload_bytes
-from transforms.features import FeatureRow
-from transforms.sinks import _encode_letter, read_dead_letters
-from transforms.stores import offline
-from transforms.stores.feast_codec import encode_timestamp, encode_value, serialize_entity_key
-from transforms.stores.online import layouts, open_online_store
+from transforms.io import offline
+from transforms.io.online.feast_codec import encode_timestamp, encode_value, serialize_entity_key
+from transforms.io.online.registry import open_online_store
+from transforms.io.sinks import _encode_letter, read_dead_letters
+from transforms.parse import BadEvent, ParsePlan, dead_letter, payload_bytes
+from transforms.records import FeatureRow, layouts
 from transforms.spec import parse_spec
 
 FEATURES = [

@@ -19,11 +19,11 @@ import yaml
 from conftest import REPO
 from pipelines import backfill_features, streaming_features
 from pipelines.summary import output_summary, print_summary
-from transforms.events import ParsePlan
-from transforms.replay import build_replay
-from transforms.sinks import read_dead_letters
+from transforms.io.offline import read_offline
+from transforms.io.sinks import read_dead_letters
+from transforms.parse import ParsePlan
 from transforms.spec import parse_spec
-from transforms.stores.offline import read_offline
+from transforms.streaming.replay import build_replay
 
 T0 = 1_767_225_600_000
 

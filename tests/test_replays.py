@@ -9,9 +9,10 @@ import pytest
 from conftest import EXAMPLE_SPEC
 from pipelines import backfill_features, streaming_features
 from pipelines.sample_events import generate, write_jsonl
+from transforms.io.offline import read_offline
+from transforms.io.online.registry import open_online_store
+from transforms.records import layouts
 from transforms.spec import load_spec
-from transforms.stores.offline import read_offline
-from transforms.stores.online import layouts, open_online_store
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,10 @@ from helpers import make_spec, view
 from pipelines import backfill_features
 from pipelines.common import report
 from pipelines.sample_events import generate
-from transforms.features import FeatureRow
-from transforms.stores.online import StoreError, open_online_store, redact_url
+from transforms.io.online.base import StoreError
+from transforms.io.online.config import redact_url
+from transforms.io.online.registry import open_online_store
+from transforms.records import FeatureRow
 
 # Characters that must be percent-encoded in a URL, so the encoded form is tested too.
 PASSWORD = "s3cr3t/p@ss"

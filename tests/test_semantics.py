@@ -15,9 +15,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import streaming_options_on
 from helpers import event, make_spec, ms, view
-from transforms.events import ParseEvents
-from transforms.features import ComputeFeatures, FeatureRow
-from transforms.windowing import build_trigger
+from transforms.compute import ComputeFeatures
+from transforms.parse import ParseEvents
+from transforms.records import FeatureRow
+from transforms.windows import build_trigger
 from apache_beam.transforms.trigger import AfterCount, AfterProcessingTime, AfterWatermark
 
 ENGINES = [pytest.param("direct"), pytest.param("prism"), pytest.param("flink", marks=pytest.mark.flink)]
@@ -41,7 +42,7 @@ def assert_panes(engine: str, spec, stream: TestStream, expected: list[tuple], v
     (entity, window start, window end, pane index, timing, features)."""
     with beam.Pipeline(options=streaming_options_on(engine)) as p:
         parsed = p | stream | ParseEvents(spec)
-        rows = parsed.events | ComputeFeatures(spec, spec.feature_views[view_index], streaming=True)
+        rows = parsed.events | ComputeFeatures(spec, spec.feature_views[view_index])
         assert_that(rows | beam.Map(_pane), equal_to(expected))
 
 

@@ -23,15 +23,16 @@ from conftest import EXAMPLE_SPEC, REPO, RedisServer, free_port
 from helpers import make_spec, view
 from pipelines import backfill_features
 from pipelines.sample_events import generate
-from transforms.features import FeatureRow
+from transforms.io.online.base import StoreError, with_retries
+from transforms.io.online.registry import open_online_store
+from transforms.io.online.sqlite import SqliteOnlineStore
+from transforms.records import FeatureRow, layouts
 from transforms.spec import FeatureSpecFile, load_spec
-from transforms.stores.online import StoreError, layouts, open_online_store, with_retries
-from transforms.stores.sqlite_store import SqliteOnlineStore
 
 # Every acknowledged write reaches the disk before the reply, so a killed server restarts with
 # all of them: what the store holds afterwards can be compared with a fault-free run.
 DURABLE = ("--appendonly", "yes", "--appendfsync", "always")
-RETRY_LOGGER = "transforms.stores.online"
+RETRY_LOGGER = "transforms.io.online.base"
 MIN_BUDGET_S, MAX_BUDGET_S = 3.1, 6.2  # with_retries' five waits with the defaults
 
 

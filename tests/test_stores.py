@@ -14,14 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import make_spec, view
-from transforms.features import FeatureRow
-from transforms.stores.feast_codec import (
+from transforms.records import FeatureRow
+from transforms.io.online.feast_codec import (
     encode_timestamp,
     encode_value,
     feature_field,
     serialize_entity_key,
 )
-from transforms.stores.online import StoreError, is_current_window, layouts, open_online_store, redact_url
+from transforms.io.online.base import StoreError
+from transforms.io.online.config import redact_url
+from transforms.io.online.registry import open_online_store
+from transforms.records import layouts
+from transforms.windows import is_current_window
 
 FEATURES = [
     {"name": "clicks", "agg": "count"},
@@ -199,7 +203,7 @@ def test_feast_reads_our_redis_store(tmp_path, project, redis_url):
     st.tuples(st.just("float_list"), st.lists(st.floats(width=32, allow_nan=False), max_size=5)),
 ), st.integers(0, 253402300799999))
 def test_fast_encoders_write_the_protobuf_librarys_bytes(typed_value, millis):
-    from transforms.stores.feast_codec import encode_timestamp_protobuf, encode_value_protobuf
+    from transforms.io.online.feast_codec import encode_timestamp_protobuf, encode_value_protobuf
 
     kind, value = typed_value
     assert encode_value(value, kind) == encode_value_protobuf(value, kind)

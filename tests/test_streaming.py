@@ -14,10 +14,10 @@ from pipelines.get_features import get_features
 from pipelines.sample_events import generate, write_jsonl
 from reference import all_windows, assert_close, current_windows
 from test_backfill import good_records
-from transforms.replay import read_lines
-from transforms.sinks import read_dead_letters
+from transforms.io.online.feast_codec import rfc3339
+from transforms.io.sinks import read_dead_letters
 from transforms.spec import load_spec
-from transforms.stores.feast_codec import rfc3339
+from transforms.streaming.replay import read_lines
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import EXAMPLE_SPEC, batch_options
 from pipelines import backfill_features
 from pipelines.sample_events import generate
-from transforms import tiles
+from transforms.backfill import files, tiles
+from transforms.io.online.registry import open_online_store
 from transforms.spec import load_spec
-from transforms.stores.online import open_online_store
 
 SESSION_VIEW = {
     "name": "user_sessions", "entity": "user", "window": {"type": "session", "gap": "2m"},
@@ -97,9 +97,9 @@ def test_split_ranges_read_every_line_exactly_once(tmp_path):
     path = tmp_path / "e.jsonl"
     payload = [json.dumps({"i": i, "pad": "x" * (i % 37)}).encode() for i in range(2000)]
     path.write_bytes(b"\n".join(payload) + b"\n\n")
-    ranges = tiles.split_files([str(path)], range_bytes=997)
+    ranges = files.split_files([str(path)], range_bytes=997)
     assert len(ranges) > 40
-    seen = [json.loads(line)["i"] for r in ranges for line in tiles.read_range(r)]
+    seen = [json.loads(line)["i"] for r in ranges for line in files.read_range(r)]
     assert sorted(seen) == list(range(2000))
 
 
@@ -116,8 +116,8 @@ def test_blocks_hold_exactly_the_lines_of_their_range(pieces, crlf, range_bytes,
         path = f"{tmp}/e.jsonl"
         with open(path, "wb") as handle:
             handle.write(data)
-        ranges = tiles.split_files([path], range_bytes=range_bytes)
-        blocks = [b for r in ranges for b in tiles.read_blocks(r, block_bytes=block_bytes)]
+        ranges = files.split_files([path], range_bytes=range_bytes)
+        blocks = [b for r in ranges for b in files.read_blocks(r, block_bytes=block_bytes)]
         assert all(b.endswith(b"\n") for b in blocks[:-1])
         got = [line for b in blocks for line in tiles.block_lines(b)]
         assert got == [p.rstrip(b"\r") for p in data.split(b"\n") if p.strip()]
@@ -137,7 +137,7 @@ def test_blocks_with_blank_lines_and_two_objects_on_a_line_match_the_event_path(
     results = []
     for fn in (fast, slow):
         fn._events_in = fn._parsed = fn._dead = fn._tiles = _NoCounter()
-        outs = list(fn.process((tiles.FileRange(str(path), 0, path.stat().st_size), b"")))
+        outs = list(fn.process((files.FileRange(str(path), 0, path.stat().st_size), b"")))
         letters = sorted(o.value.reason for o in outs if isinstance(o, beam.pvalue.TaggedOutput))
         counts = {}
         for o in outs:
@@ -159,8 +159,8 @@ def test_gzip_and_parquet_inputs(lines, tmp_path):
     pq.write_table(pa.Table.from_pylist(good), parquet, row_group_size=500)
     spec = load_spec(EXAMPLE_SPEC)
     for path in (gz, parquet):
-        ranges = tiles.split_files([str(path)])
-        assert sum(1 for r in ranges for _ in tiles.read_range(r)) == len(good)
+        ranges = files.split_files([str(path)])
+        assert sum(1 for r in ranges for _ in files.read_range(r)) == len(good)
     out_gz, _ = _run(tmp_path, "gz", gz, EXAMPLE_SPEC, "true")
     out_pq, _ = _run(tmp_path, "pq", parquet, EXAMPLE_SPEC, "true")
     for view, key in (("user_5m", "user_id"), ("item_1h", "item_id")):

@@ -11,10 +11,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import streaming_options_on
 from helpers import T0, make_spec, ms, view
-from transforms.events import ParsePlan
 from transforms.feature_pipeline import FeaturePipeline
-from transforms.replay import build_replay
-from transforms.windowing import window_ends_ms
+from transforms.parse import ParsePlan
+from transforms.streaming.replay import build_replay
+from transforms.windows import window_ends_ms
 
 
 def line(t: float, amount: float) -> bytes:
@@ -35,7 +35,7 @@ def test_too_late_events_become_dead_letters_and_late_ones_late_panes(engine):
     ]
     stream, stats = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=0, chunk=1)
     with beam.Pipeline(options=streaming_options_on(engine)) as p:
-        out = p | stream | FeaturePipeline(spec, streaming=True, clock="element")
+        out = p | stream | FeaturePipeline(spec, clock="element")
         assert_that(
             out.rows | "panes" >> beam.Map(lambda r: (r.window_start_ms, r.pane_timing, r.features)),
             equal_to([

@@ -13,7 +13,8 @@ import apache_beam as beam
 from apache_beam.coders import Coder, FastPrimitivesCoder
 from datasketches import hll_sketch, hll_union, kll_doubles_sketch
 
-from transforms.events import Event, ParsePlan
+from transforms.parse import ParsePlan
+from transforms.records import Event
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
 
 HLL_LG_K = 12  # relative standard error ~1.6 %; a few KB per sketch at most

@@ -36,7 +36,7 @@ from transforms.aggregate import (
     _Sum,
 )
 from transforms.dedup import hash_ids
-from transforms.events import MAX_DEPTH, ParsePlan
+from transforms.parse import MAX_DEPTH, ParsePlan
 from transforms.spec import FeatureViewSpec
 
 TILE = "__tile"
@@ -242,7 +242,7 @@ class ColumnarAggregator:
             self._by_mask.setdefault(op.mask, []).append((i, op))
 
     def _clauses(self, view: FeatureViewSpec) -> list:
-        from transforms.events import where_key
+        from transforms.parse import where_key
 
         return [where_key(f.where) if f.where else None for f in view.features]
 

@@ -10,7 +10,7 @@ the horizon after the last one kept.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -18,12 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PCollection
 from apache_beam.transforms import userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
-from transforms.events import BadEvent, Event, decode_json, event_timestamp
+from transforms.parse import BadEvent, decode_record, event_timestamp
+from transforms.records import Event
+from transforms.windows import is_stream
 
 
 class _DropSeenIds(beam.DoFn):
@@ -74,39 +77,51 @@ class _KeepWithinHorizon(beam.DoFn):
             yield TimestampedValue(event, event_timestamp(event))
 
 
-class DropDuplicateEvents(beam.PTransform):
-    """Events -> events without repeated ids inside the horizon (events without an id pass).
+class KeepWithinHorizon(beam.PTransform[PCollection[Tuple[str, Event]], PCollection[Event]]):
+    """Bounded: (id, Event) pairs -> the copies the horizon rule keeps, at their event times (the
+    event path's DropDuplicateEvents and the backfill's fast path alike)."""
 
-    Streaming uses per-id state expiring with the watermark; a bounded run sees the whole input
-    before any timer could fire, so it groups by id and applies the horizon rule directly.
-    """
-
-    def __init__(self, horizon_s: int, streaming: bool, reach_ms: int = 0):
+    def __init__(self, horizon_s: int):
         super().__init__()
         self._horizon_s = horizon_s
-        self._streaming = streaming
+
+    def expand(self, keyed: PCollection[Tuple[str, Event]]) -> PCollection[Event]:
+        return (
+            keyed
+            # The grouped copies keep their earliest time and are re-timestamped to their
+            # own (later or equal) event times. With the default END_OF_WINDOW combiner the
+            # group would sit at the end of the global window, so a runner that tracks the
+            # watermark in batch (Prism) would find every event behind it and drop it as late.
+            | "Hold at earliest" >> beam.WindowInto(
+                window.GlobalWindows(), timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
+            | "Group copies" >> beam.GroupByKey()
+            | "Keep within horizon" >> beam.ParDo(_KeepWithinHorizon(self._horizon_s)).with_output_types(Event)
+        )
+
+
+class DropDuplicateEvents(beam.PTransform[PCollection[Event], PCollection[Event]]):
+    """Events -> events without repeated ids inside the horizon (events without an id pass).
+
+    A stream (`is_stream`) uses per-id state expiring with the watermark; a bounded run sees the
+    whole input before any timer could fire, so it groups by id and applies the horizon rule
+    directly (KeepWithinHorizon).
+    """
+
+    def __init__(self, horizon_s: int, reach_ms: int = 0):
+        super().__init__()
+        self._horizon_s = horizon_s
         self._reach_ms = reach_ms
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
+    def expand(self, events: PCollection[Event]) -> PCollection[Event]:
         with_id, without_id = (
             events | "Has id" >> beam.Partition(lambda e, _: 0 if e.event_id is not None else 1, 2)
         )
         keyed = with_id | "Key by id" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(
             tuple[str, Event])
-        if self._streaming:
+        if is_stream(events):
             unique = keyed | "Drop seen ids" >> beam.ParDo(_DropSeenIds(self._horizon_s, self._reach_ms)).with_output_types(Event)
         else:
-            unique = (
-                keyed
-                # The grouped copies keep their earliest time and are re-timestamped to their
-                # own (later or equal) event times. With the default END_OF_WINDOW combiner the
-                # group would sit at the end of the global window, so a runner that tracks the
-                # watermark in batch (Prism) would find every event behind it and drop it as late.
-                | "Hold at earliest" >> beam.WindowInto(
-                    window.GlobalWindows(), timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
-                | "Group copies" >> beam.GroupByKey()
-                | "Keep within horizon" >> beam.ParDo(_KeepWithinHorizon(self._horizon_s)).with_output_types(Event)
-            )
+            unique = keyed | "Keep within horizon" >> KeepWithinHorizon(self._horizon_s)
         return (unique, without_id) | "Rejoin" >> beam.Flatten()
 
 
@@ -177,10 +192,8 @@ def event_id_of(raw: Any, id_field: str) -> Optional[str]:
     """The id of a raw event for the pre-pass, decoded exactly as the parser decodes it; None
     for anything the parser refuses before it reads the id."""
     try:
-        record = decode_json(raw) if isinstance(raw, (bytes, str)) else raw
+        record = decode_record(raw)
     except BadEvent:
-        return None
-    if not isinstance(record, dict):
         return None
     value = record.get(id_field)
     if isinstance(value, bool) or not isinstance(value, (str, int)):

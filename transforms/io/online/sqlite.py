@@ -16,24 +16,21 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
-from apache_beam.metrics import Metrics
-
-from transforms.features import FeatureRow
-from transforms.stores.feast_codec import decode_value, encode_value, serialize_entity_key
-from transforms.stores.online import (
+from transforms.io.online.base import (
     OnlineRecord,
     OnlineStore,
     StoreError,
-    ViewLayout,
     WriteResult,
     with_retries,
 )
+from transforms.io.online.config import SqliteConfig
+from transforms.io.online.feast_codec import decode_value, encode_value, serialize_entity_key
+from transforms.records import FeatureRow, ViewLayout
 from transforms.spec import FeatureSpecFile
 
 T = TypeVar("T")
-_RETRIES = Metrics.counter("online_store", "retries")
 
 
 def _quote(identifier: str) -> str:
@@ -55,18 +52,11 @@ def _is_permanent(err: BaseException) -> bool:
     return "locked" not in str(err) and "busy" not in str(err)
 
 
-def sqlite_path(url: str) -> str:
-    """sqlite:///relative/path.db or sqlite:////absolute/path.db -> filesystem path."""
-    if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
-        raise StoreError(f"--online_store: expected sqlite:///path/online.db (got {url!r})")
-    return url[len("sqlite:///"):]
-
-
 class SqliteOnlineStore(OnlineStore):
-    def __init__(self, url: str, spec: FeatureSpecFile,
+    def __init__(self, url: Union[str, SqliteConfig], spec: FeatureSpecFile,
                  views: Optional[dict[str, ViewLayout]] = None, busy_timeout: float = 5.0):
         super().__init__(spec, views)
-        self.path = sqlite_path(url)
+        self.path = (url if isinstance(url, SqliteConfig) else SqliteConfig.from_url(url)).path
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             # A DoFn instance serves one bundle at a time, but Beam may run bundles (and teardown)
@@ -87,7 +77,7 @@ class SqliteOnlineStore(OnlineStore):
         """`call` under with_retries while the database is locked; any other SQLite error comes
         out at once as a StoreError naming the file."""
         return with_retries(call, (sqlite3.Error,), f"SQLite {self.path}", give_up=_is_permanent,
-                            on_retry=lambda attempt, err: _RETRIES.inc())
+                            on_retry=self._retried)
 
     def _table(self, view: str) -> str:
         return _quote(f"{self.project}_{view}")
@@ -197,7 +187,7 @@ def _value_text(value: Any) -> Optional[str]:
 
 
 def remove_database(url: str) -> None:
-    path = sqlite_path(url)
+    path = SqliteConfig.from_url(url).path
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)

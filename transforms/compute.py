@@ -1,43 +1,29 @@
-"""Events -> windowed feature rows for one feature view (key, window, combine, annotate panes)."""
+"""ComputeFeatures: events -> windowed feature rows for one feature view (key, window, combine,
+annotate panes), event at a time: the streaming path, and the backfill's path for session windows."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, NamedTuple, Tuple
+from typing import Any, Iterable, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PCollection
 from apache_beam.transforms import userstate, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.aggregate import FeatureViewCombineFn
-from transforms.events import Event, ParsePlan
+from transforms.parse import ParsePlan
+from transforms.records import Event, FeatureRow
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, SessionWindow
-from transforms.windowing import WindowFromSpec
+from transforms.windows import WindowFromSpec, is_stream
 
 _TIMING = {
     PaneInfoTiming.EARLY: "EARLY",
     PaneInfoTiming.ON_TIME: "ON_TIME",
     PaneInfoTiming.LATE: "LATE",
 }
-
-
-class FeatureRow(NamedTuple):
-    """One emitted pane of one window for one entity. `features` follows the view's order.
-
-    Rows are few (one per entity, window and pane), and their values have mixed types, so
-    they travel with Beam's primitive coder rather than a RowCoder schema.
-    """
-
-    view: str
-    entity: str
-    window_start_ms: int
-    window_end_ms: int
-    pane_timing: str  # EARLY | ON_TIME | LATE
-    pane_index: int
-    max_event_time_ms: int
-    features: Tuple[Any, ...]
 
 
 def _micros_to_ms(ts: Any) -> int:
@@ -109,31 +95,32 @@ class _DropRepeatedPanes(beam.DoFn):
         yield row
 
 
-class ComputeFeatures(beam.PTransform):
-    """PCollection[Event] -> PCollection[FeatureRow] for one view, all features in one pass."""
+class ComputeFeatures(beam.PTransform[PCollection[Event], PCollection[FeatureRow]]):
+    """PCollection[Event] -> PCollection[FeatureRow] for one view, all features in one pass.
+    Bounded events fire each window once; a stream (`is_stream`) fires the spec's triggers."""
 
-    def __init__(self, spec: FeatureSpecFile, view: FeatureViewSpec, streaming: bool):
+    def __init__(self, spec: FeatureSpecFile, view: FeatureViewSpec):
         super().__init__(f"Features {view.name}")
         self._spec = spec
         self._view = view
-        self._streaming = streaming
         self._entity_index = ParsePlan.from_spec(spec).entity_index(view.entity)
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
+    def expand(self, events: PCollection[Event]) -> PCollection[FeatureRow]:
         index = self._entity_index
         join_key = self._spec.entities[self._view.entity].join_key
+        streaming = is_stream(events)
         # streaming panes pass through _DropRepeatedPanes, which needs state, so non-merging
-        # windows (Prism refuses streaming sessions, see windowing): sessions drop empty panes only
-        drop_repeats = self._streaming and not isinstance(self._view.window, SessionWindow)
+        # windows (Prism refuses streaming sessions, see windows): sessions drop empty panes only
+        drop_repeats = streaming and not isinstance(self._view.window, SessionWindow)
         rows = (
             events
             | f"Key by {join_key}"
             >> beam.Map(lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
-            | "Window" >> WindowFromSpec(self._view, self._streaming)
+            | "Window" >> WindowFromSpec(self._view)
             | "Aggregate" >> beam.CombinePerKey(FeatureViewCombineFn(self._spec, self._view))
             | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name, count_panes=not drop_repeats))
         )
-        if self._streaming and not drop_repeats:
+        if streaming and not drop_repeats:
             rows = rows | "Drop empty panes" >> beam.Filter(lambda r: r.max_event_time_ms >= 0)
         elif drop_repeats:
             rows = (

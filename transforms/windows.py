@@ -1,16 +1,22 @@
-"""Event-time windows, triggers, allowed lateness and accumulation mode, built from the spec."""
+"""All window arithmetic, from the spec: Beam's WindowFns, triggers, allowed lateness and
+accumulation mode; the window ends of an event and how long it can still count (the lateness
+guard); the backfill's tiles; and the online store's current window."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.pvalue import PCollection
 from apache_beam.transforms import trigger as tr
 from apache_beam.transforms import window
 
+from transforms.records import Event, FeatureRow, ViewLayout
 from transforms.spec import FeatureViewSpec, FixedWindow, SessionWindow, SlidingWindow
+
+T = TypeVar("T")
 
 
 def window_fn(view: FeatureViewSpec) -> window.WindowFn:
@@ -40,19 +46,24 @@ def accumulation_mode(view: FeatureViewSpec) -> tr.AccumulationMode:
     return tr.AccumulationMode.ACCUMULATING
 
 
-class WindowFromSpec(beam.PTransform):
+def is_stream(pcoll: PCollection) -> bool:
+    """Whether a PCollection is processed as a stream: it is unbounded (Pub/Sub, a replay), or the
+    pipeline runs in streaming mode (event files read as a stream on Prism, Flink or Dataflow)."""
+    return not pcoll.is_bounded or bool(pcoll.pipeline.options.view_as(StandardOptions).streaming)
+
+
+class WindowFromSpec(beam.PTransform[PCollection[T], PCollection[T]]):
     """WindowInto for one view. Bounded input keeps the default trigger: one final pane per
     window, which equals the streaming final pane when nothing arrived too late."""
 
-    def __init__(self, view: FeatureViewSpec, streaming: bool):
+    def __init__(self, view: FeatureViewSpec):
         super().__init__()
         self._view = view
-        self._streaming = streaming
 
-    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        if not self._streaming:
+    def expand(self, pcoll: PCollection[T]) -> PCollection[T]:
+        if not is_stream(pcoll):
             return pcoll | beam.WindowInto(window_fn(self._view))
-        runner = pcoll.pipeline._options.view_as(StandardOptions).runner
+        runner = pcoll.pipeline.options.view_as(StandardOptions).runner
         if isinstance(self._view.window, SessionWindow) and str(runner).lower() == "prismrunner":
             raise ValueError(
                 f"feature view {self._view.name!r}: session windows cannot stream on Prism: it labels a "
@@ -71,11 +82,11 @@ def window_ends_ms(view: FeatureViewSpec, t_ms: int) -> tuple[int, int]:
     spec = view.window
     if isinstance(spec, FixedWindow):
         size = spec.size * 1000
-        end = t_ms - t_ms % size + size
+        end = tile_start(t_ms, size) + size
         return end, end
     if isinstance(spec, SlidingWindow):
         period = spec.period * 1000
-        first = t_ms - t_ms % period + period
+        first = tile_start(t_ms, period) + period
         return first, first + spec.size * 1000 - period
     end = t_ms + spec.gap * 1000
     return end, end
@@ -87,6 +98,33 @@ def reach_ms(view: FeatureViewSpec) -> int:
     spec = view.window
     reach = spec.size if isinstance(spec, (FixedWindow, SlidingWindow)) else spec.gap
     return (reach + view.allowed_lateness) * 1000
+
+
+def tileable(view: FeatureViewSpec) -> bool:
+    """Fixed and sliding windows are unions of tiles (transforms/backfill/tiles.py); sessions are not."""
+    return isinstance(view.window, (FixedWindow, SlidingWindow))
+
+
+def tile_ms(view: FeatureViewSpec) -> int:
+    """A tileable view's tile: the period of a sliding window, the size of a fixed one."""
+    window = view.window
+    return (window.period if isinstance(window, SlidingWindow) else window.size) * 1000
+
+
+def tile_start(t_ms: int, tile: int) -> int:
+    """The start of the tile of length `tile` (ms) holding an event at t_ms."""
+    return t_ms - t_ms % tile
+
+
+def is_current_window(row: FeatureRow, layout: ViewLayout) -> bool:
+    """True when the row's window ends at the first period boundary after its latest event.
+
+    Sliding windows put each event in size/period windows; only the earliest-ending one is the
+    entity's "current" value. Later windows holding only older events are offline-only.
+    """
+    if layout.period_seconds is None:
+        return True
+    return row.window_end_ms - layout.period_seconds * 1000 <= row.max_event_time_ms
 
 
 def too_late(view: FeatureViewSpec, t_ms: int, clock_ms: int) -> bool:
@@ -105,7 +143,7 @@ class _GuardLateness(beam.DoFn):
         self._too_late = Metrics.counter("windowing", "too_late")
         self._partly = Metrics.counter("windowing", "too_late_for_some_windows")
 
-    def process(self, event) -> Iterable:
+    def process(self, event: Event) -> Iterable[Event]:
         if event.arrival_ms is not None:
             if too_late(self._view, event.event_time_ms, event.arrival_ms):
                 # already dead-lettered once, with its payload, by ParseEvents
@@ -116,7 +154,7 @@ class _GuardLateness(beam.DoFn):
         yield event
 
 
-class GuardLateness(beam.PTransform):
+class GuardLateness(beam.PTransform[PCollection[Event], PCollection[Event]]):
     """Drops the events too late for every window of a view, instead of letting them vanish in
     the GroupByKey. ParseEvents has already dead-lettered each of them once (reason too_late,
     with the views it was too late for). The guard's clock (Event.arrival_ms) is never behind
@@ -126,7 +164,5 @@ class GuardLateness(beam.PTransform):
         super().__init__(f"Lateness {view.name}")
         self._view = view
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
-        from transforms.events import Event  # events imports this module's arithmetic
-
+    def expand(self, events: PCollection[Event]) -> PCollection[Event]:
         return events | "Guard" >> beam.ParDo(_GuardLateness(self._view)).with_output_types(Event)

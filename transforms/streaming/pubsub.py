@@ -1,4 +1,5 @@
-"""Streaming sources: Pub/Sub (Beam's ReadFromPubSub) and path validation shared with templates."""
+"""The streaming source: Pub/Sub (Beam's ReadFromPubSub), and the topic and subscription path
+checks shared with the dead-letter sink and the templates."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.pvalue import PBegin, PCollection
 
 PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
 NAME = r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}"
@@ -27,7 +29,7 @@ def check_subscription(value: str, flag: str) -> str:
     return value
 
 
-class ReadPubSubEvents(beam.PTransform):
+class ReadPubSubEvents(beam.PTransform[PBegin, PCollection[bytes]]):
     """Pub/Sub messages -> raw payload bytes with event-time timestamps when a timestamp
     attribute is given (else publish time; the payload's timestamp field then decides)."""
 
@@ -46,7 +48,7 @@ class ReadPubSubEvents(beam.PTransform):
         self._timestamp_attribute = timestamp_attribute
         self._id_attribute = id_attribute
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: PBegin) -> PCollection[bytes]:
         return pbegin | "Read Pub/Sub" >> beam.io.ReadFromPubSub(
             topic=self._topic,
             subscription=self._subscription,

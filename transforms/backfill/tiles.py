@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -23,102 +23,32 @@ import pyarrow.parquet as pq
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PBegin
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.aggregate import FeatureViewCombineFn
 from transforms.assembly import assemble_windows
+from transforms.backfill.files import (
+    FileRange,
+    is_parquet,
+    range_key,
+    read_blocks,
+    read_range,
+    split_files,
+)
 from transforms.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
-from transforms.dedup import event_id_of, hash_ids, keep_within_horizon, repeated_hashes
-from transforms.events import DEAD_LETTER_TAG, Event, ParsePlan, event_timestamp, refuse
-from transforms.features import FeatureRow
+from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
 from transforms.gcpause import gc_paused
-from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
-from transforms.stores.online import is_current_window, layouts
+from transforms.parse import DEAD_LETTER_TAG, ParsePlan, Verdicts, event_timestamp
+from transforms.records import Event, FeatureRow, layouts
+from transforms.spec import FeatureSpecFile, FeatureViewSpec
+from transforms.windows import is_current_window, tile_ms, tile_start, tileable
 
 _LOG = logging.getLogger(__name__)
 EVENTS_TAG = "events"
 DUPLICATES_TAG = "duplicates"
 NEWEST_TAG = "newest"
-RANGE_BYTES = 16 * 1024 * 1024
-BLOCK_BYTES = 8 * 1024 * 1024
-
-
-def tileable(view: FeatureViewSpec) -> bool:
-    return isinstance(view.window, (FixedWindow, SlidingWindow))
-
-
-def tile_ms(view: FeatureViewSpec) -> int:
-    window = view.window
-    return (window.period if isinstance(window, SlidingWindow) else window.size) * 1000
-
-
-def is_parquet(path: str) -> bool:
-    """Each matched file is read by its own format: Parquet by name, JSONL (maybe compressed) else."""
-    return path.endswith(".parquet")
-
-
-class FileRange(NamedTuple):
-    path: str
-    start: int
-    end: int  # JSONL: byte offsets; Parquet: row groups [start, end)
-
-
-def split_files(paths: list[str], range_bytes: Optional[int] = None) -> list[FileRange]:
-    """Byte ranges of JSONL files (lines are assigned to the range they start in) and
-    row-group ranges of Parquet files, so several workers can read one big file."""
-    range_bytes = range_bytes or RANGE_BYTES
-    ranges = []
-    for path in paths:
-        if is_parquet(path):
-            with FileSystems.open(path) as handle:
-                groups = pq.ParquetFile(handle).num_row_groups
-            ranges += [FileRange(path, g, g + 1) for g in range(groups)]
-        elif path.endswith(".gz"):
-            ranges.append(FileRange(path, 0, -1))  # compressed: not splittable
-        else:
-            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-            ranges += [FileRange(path, s, min(s + range_bytes, size)) for s in range(0, max(size, 1), range_bytes)]
-    return ranges
-
-
-def read_blocks(file_range: FileRange, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """The JSONL lines of one range as blocks of whole lines (about `block_bytes` each): the
-    lines that start in [start, end), or the whole (decompressed) file when end is -1."""
-    path, start, end = file_range
-    with FileSystems.open(path) as handle:
-        if start:
-            handle.seek(start - 1)
-            handle.readline()  # the line that straddles `start` belongs to the previous range
-        position = handle.tell()
-        carry = b""
-        while True:
-            size = block_bytes if end == -1 else min(block_bytes, end - position)
-            data = handle.read(size) if size > 0 else b""
-            position += len(data)
-            block = carry + data
-            if not data or (end != -1 and position >= end):
-                if end != -1 and block and not block.endswith(b"\n"):
-                    block += handle.readline()  # the last line started before `end`: finish it
-                if block:
-                    yield block
-                return
-            cut = block.rfind(b"\n") + 1
-            carry = block[cut:]
-            if cut:
-                yield block[:cut]
-
-
-def read_range(file_range: FileRange) -> Iterator[Any]:
-    """Raw events (bytes lines, or dicts for Parquet) of one range."""
-    path, start, end = file_range
-    if is_parquet(path):
-        with FileSystems.open(path) as handle:
-            table = pq.ParquetFile(handle).read_row_groups(list(range(start, end)))
-        yield from table.to_pylist()
-        return
-    for block in read_blocks(file_range):
-        yield from block_lines(block)
 
 
 class _ReadAndPreaggregate(beam.DoFn):
@@ -134,6 +64,7 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._aggregators = [
             ColumnarAggregator(self._plan, v, fn, tile) for v, (_, _, tile, fn) in zip(views, self._views)
         ] if schema is not None else []
+        self._verdicts = Verdicts(self._plan.parse)
         self._events_in = Metrics.counter("parse", "events_in")
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
@@ -189,12 +120,11 @@ class _ReadAndPreaggregate(beam.DoFn):
             yield from self._parse_batch(batch, tiles, counts)
 
     def _parse_batch(self, raw_events: list[Any], tiles: list[dict], counts: list[int]) -> Iterable:
-        parse = self._plan.parse
-        views = self._views
+        verdicts = self._verdicts
         events = []
         for raw in raw_events:
             counts[0] += 1
-            event, letter = refuse(raw, parse)
+            event, letter = verdicts(raw)
             if letter is not None:
                 yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
                 continue
@@ -210,15 +140,20 @@ class _ReadAndPreaggregate(beam.DoFn):
             if is_repeated:
                 yield pvalue.TaggedOutput(DUPLICATES_TAG, (event.event_id, event))  # resolved after a shuffle
                 continue
-            t = event.event_time_ms
             if self._emit_events:  # for views that cannot be tiled (sessions)
                 yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
-            for (_, entity_index, tile, fn), view_tiles in zip(views, tiles):
-                key = (event.keys[entity_index], t - t % tile)
-                acc = view_tiles.get(key)
-                if acc is None:
-                    acc = view_tiles[key] = fn.create_accumulator()
-                fn.add_input(acc, event)
+            add_to_tiles(self._views, tiles, event)
+
+
+def add_to_tiles(views: Sequence[tuple], tiles: list[dict], event: Event) -> None:
+    """Adds an event to its tile's accumulator in each view: tiles[i][(entity, tile start)]."""
+    t = event.event_time_ms
+    for (_, entity_index, tile, fn), view_tiles in zip(views, tiles):
+        key = (event.keys[entity_index], tile_start(t, tile))
+        acc = view_tiles.get(key)
+        if acc is None:
+            acc = view_tiles[key] = fn.create_accumulator()
+        fn.add_input(acc, event)
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -275,10 +210,6 @@ class _HashRangeIds(beam.DoFn):
                 yield pa.array([event_id_of(line, field) for line in block_lines(block)], pa.string())
 
 
-def range_key(file_range: FileRange) -> str:
-    return f"{file_range.start}:{file_range.end}:{file_range.path}"
-
-
 def _with_repeated(element: tuple[str, dict]) -> Iterator[tuple[FileRange, bytes]]:
     _, joined = element
     repeated = b"".join(joined["repeated"])
@@ -287,28 +218,23 @@ def _with_repeated(element: tuple[str, dict]) -> Iterator[tuple[FileRange, bytes
 
 
 class _KeptEventsToTiles(beam.DoFn):
-    """(id, copies of one event) -> the copies kept by the horizon rule, as tiles (and as events
+    """Events kept by the de-duplication -> tiles of one event each (and the events themselves,
     for the views that are not tiled)."""
 
     def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool):
         plan = ParsePlan.from_spec(spec)
-        self._horizon_ms = spec.source.dedup_horizon * 1000
         self._views = [(v.name, plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
                        for v in views]
         self._emit_events = emit_events
-        self._removed = Metrics.counter("dedup", "duplicates_removed")
 
-    def process(self, element: tuple[str, Iterable[Event]]) -> Iterable:
-        copies = list(element[1])
-        kept = keep_within_horizon(copies, self._horizon_ms)
-        self._removed.inc(len(copies) - len(kept))
-        for event in kept:
-            t = event.event_time_ms
-            if self._emit_events:
-                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
-            for name, entity_index, tile, fn in self._views:
-                acc = fn.add_input(fn.create_accumulator(), event)
-                yield ((name, event.keys[entity_index]), (t - t % tile, fn.get_accumulator_coder().encode(acc)))
+    def process(self, event: Event) -> Iterable:
+        if self._emit_events:
+            yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
+        tiles: list[dict] = [{} for _ in self._views]
+        add_to_tiles(self._views, tiles, event)
+        for (name, _, _, fn), view_tiles in zip(self._views, tiles):
+            for (entity, start), acc in view_tiles.items():
+                yield ((name, entity), (start, fn.get_accumulator_coder().encode(acc)))
 
 
 class _AssembleWindows(beam.DoFn):
@@ -351,7 +277,7 @@ class TiledRead(NamedTuple):
     dead_letters: beam.PCollection
 
 
-class TiledBackfill(beam.PTransform):
+class TiledBackfill(beam.PTransform[PBegin, TiledRead]):
     """Event files -> rows of the tileable views, parsed events for the others, and dead
     letters, in one pass over the input."""
 
@@ -363,7 +289,7 @@ class TiledBackfill(beam.PTransform):
         self._paths = paths
         self._ranges = split_files(paths)
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> TiledRead:
+    def expand(self, pbegin: PBegin) -> TiledRead:
         ranges = (
             pbegin
             | "File ranges" >> beam.Create(self._ranges)
@@ -404,8 +330,8 @@ class TiledBackfill(beam.PTransform):
         if id_field:
             kept = (
                 read[DUPLICATES_TAG]
-                | "Group copies" >> beam.GroupByKey()
-                | "Keep within horizon" >> beam.ParDo(
+                | "Keep within horizon" >> KeepWithinHorizon(self._spec.source.dedup_horizon)
+                | "Kept events to tiles" >> beam.ParDo(
                     _KeptEventsToTiles(self._spec, self._views, self._emit_events)
                 ).with_outputs(EVENTS_TAG, main="tiles")
             )

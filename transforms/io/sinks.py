@@ -1,4 +1,5 @@
-"""Beam sinks: online store (batched per bundle), offline Parquet, dead letters.
+"""Beam sinks: online store (batched per bundle), offline Parquet (feature rows and embeddings),
+dead letters.
 
 Clients are opened in `setup()` and closed in `teardown()`; rows are buffered per bundle and
 written in batches (one round trip per batch), flushed at the latest in `finish_bundle()`.
@@ -6,27 +7,30 @@ written in batches (one round trip per batch), flushed at the latest in `finish_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 import uuid
 from collections import defaultdict
-from typing import Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PCollection
 
-from transforms.events import DeadLetter
-from transforms.features import FeatureRow
-from transforms.sources import check_topic
+from transforms.io import offline
+from transforms.io.commit import CommitFiles, RunCommit
+from transforms.io.online.base import OnlineStore
+from transforms.io.online.registry import open_online_store
+from transforms.records import DeadLetter, FeatureRow, ViewLayout, layouts
 from transforms.spec import FeatureSpecFile
-from transforms.stores import offline
-from transforms.stores.online import OnlineStore, ViewLayout, is_current_window, layouts, open_online_store
+from transforms.streaming.pubsub import check_topic
+from transforms.windows import is_current_window
 
 _LOG = logging.getLogger(__name__)
+Rows = Union[FeatureRow, list]  # a row, or a list of one view's rows (the fast path)
 
 
 class _WriteOnlineFn(beam.DoFn):
@@ -42,9 +46,11 @@ class _WriteOnlineFn(beam.DoFn):
         self._not_current = Metrics.counter("online_store", "rows_not_current_window")
         self._batches = Metrics.counter("online_store", "batches")
         self._latency = Metrics.distribution("online_store", "batch_write_ms")
+        self._retries = Metrics.counter("online_store", "retries")
 
     def setup(self) -> None:
         self._store = open_online_store(self._url, self._spec, self._views)
+        self._store.on_retry = self._retries.inc
 
     def start_bundle(self) -> None:
         self._buffer = []
@@ -80,7 +86,7 @@ def _newest(rows: Iterable[FeatureRow]) -> Optional[FeatureRow]:
     return max(rows, key=lambda r: (r.window_end_ms, r.pane_index), default=None)
 
 
-class NewestCurrentRows(beam.PTransform):
+class NewestCurrentRows(beam.PTransform[PCollection[FeatureRow], PCollection[FeatureRow]]):
     """FeatureRows -> the newest current window per (view, entity): in a bounded run, the only
     row of each entity the online store's monotonic rule would keep."""
 
@@ -88,7 +94,7 @@ class NewestCurrentRows(beam.PTransform):
         super().__init__()
         self._views = views
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: PCollection[FeatureRow]) -> PCollection[FeatureRow]:
         views = self._views
         return (
             rows
@@ -99,7 +105,7 @@ class NewestCurrentRows(beam.PTransform):
         )
 
 
-class WriteOnline(beam.PTransform):
+class WriteOnline(beam.PTransform[PCollection[FeatureRow], PCollection[None]]):
     """FeatureRows -> online store: current windows only, atomic and monotonic per entity.
 
     With `latest_only` (bounded runs) rows are first reduced to the newest per (view, entity)
@@ -114,7 +120,7 @@ class WriteOnline(beam.PTransform):
         self._fn = _WriteOnlineFn(url, spec, self._views, batch_size)
         self._latest_only = latest_only
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: PCollection[FeatureRow]) -> PCollection[None]:
         if self._latest_only:
             rows = rows | NewestCurrentRows(self._views)
         return rows | "Upsert current windows" >> beam.ParDo(self._fn)
@@ -126,7 +132,7 @@ class _WriteOfflineFn(beam.DoFn):
     (final, staged) paths are emitted for CommitFiles."""
 
     def __init__(self, root: str, views: dict[str, ViewLayout], max_rows: int, to_table=None,
-                 commit: Optional["RunCommit"] = None):
+                 commit: Optional[RunCommit] = None):
         self._root = root
         self._views = views
         self._max_rows = max_rows
@@ -171,13 +177,13 @@ class _WriteOfflineFn(beam.DoFn):
         self._count = 0
 
 
-class WriteOffline(beam.PTransform):
+class WriteOffline(beam.PTransform[PCollection[Rows], PCollection[Any]]):
     """FeatureRows (or lists of one view's FeatureRows) -> Parquet, one row per emitted pane
     (every window, every pane). Bounded input with a `commit` replaces, when every file is
     written, the files an earlier run with the same commit key left (CommitFiles)."""
 
     def __init__(self, root: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
-                 max_rows_per_file: int = 200_000, to_table=None, commit: Optional["RunCommit"] = None):
+                 max_rows_per_file: int = 200_000, to_table=None, commit: Optional[RunCommit] = None):
         super().__init__()
         if max_rows_per_file < 1:
             raise ValueError(f"max_rows_per_file must be >= 1 (got {max_rows_per_file!r})")
@@ -187,7 +193,7 @@ class WriteOffline(beam.PTransform):
         self._views = views
         self._args = (root, views, max_rows_per_file, to_table)
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: PCollection[Rows]) -> PCollection[Any]:
         commit = self._commit if rows.is_bounded else None
         written = rows | "Write Parquet" >> beam.ParDo(_WriteOfflineFn(*self._args, commit=commit))
         if commit is None:
@@ -197,72 +203,17 @@ class WriteOffline(beam.PTransform):
         return written | "Commit Parquet" >> CommitFiles(patterns, commit.staging(self._root))
 
 
-class RunCommit(NamedTuple):
-    """How a bounded run replaces its earlier output: files are staged under
-    `<root>/_staging/<run>/` and named with `key` (a fingerprint of the run's input); once all
-    are written they are renamed into place and older files with the same key are deleted."""
+class WriteEmbeddingsOffline(beam.PTransform[PCollection[FeatureRow], PCollection[Any]]):
+    """Embedding FeatureRows -> Parquet, buffered per bundle (every text, not only the latest)."""
 
-    key: str
-    run: str
-
-    @classmethod
-    def for_inputs(cls, paths: Sequence[str]) -> "RunCommit":
-        digest = hashlib.sha256("\n".join(sorted(paths)).encode("utf-8", "surrogatepass")).hexdigest()
-        return cls(digest[:16], uuid.uuid4().hex[:12])
-
-    def staging(self, root: str) -> str:
-        return FileSystems.join(root, "_staging", self.run)
-
-    def final_path(self, root: str, staging_root: str, staged: str) -> str:
-        return FileSystems.join(root, staged[len(staging_root):].lstrip("/"))
-
-
-class _Commit(beam.DoFn):
-    def __init__(self, patterns: list[str], staging: str):
-        self._patterns = patterns
-        self._staging = staging
-        self._replaced = Metrics.counter("commit", "earlier_files_replaced")
-
-    def process(self, moves: list[tuple[str, str]]) -> Iterable[str]:
-        finals = {final for final, _ in moves}
-        for directory in {os.path.dirname(final) for final in finals if "://" not in final}:
-            os.makedirs(directory, exist_ok=True)
-        if moves:
-            FileSystems.rename([staged for _, staged in moves], [final for final, _ in moves])
-        # rename first, then delete: a failure in between leaves copies (read_offline removes
-        # them), never a gap
-        old = []
-        for pattern in self._patterns:
-            try:
-                matched = FileSystems.match([pattern])[0].metadata_list
-            except Exception:  # nothing matches yet on some filesystems
-                matched = []
-            old += [m.path for m in matched if m.path not in finals]
-        if old:
-            FileSystems.delete(old)
-            self._replaced.inc(len(old))
-        if FileSystems.exists(self._staging):
-            FileSystems.delete([self._staging])
-        yield from sorted(finals)
-
-
-class CommitFiles(beam.PTransform):
-    """(final, staged) path pairs of a bounded run -> the final paths, once all are written:
-    staged files renamed into place, then files matching `patterns` that this run did not
-    write (an earlier run's) deleted, so re-running leaves the output as after one run."""
-
-    def __init__(self, patterns: list[str], staging: str):
+    def __init__(self, root: str, spec: FeatureSpecFile, max_rows_per_file: int = 100_000):
         super().__init__()
-        self._patterns = patterns
-        self._staging = staging
+        every = layouts(spec)
+        views = {e.name: every[e.name] for e in spec.embeddings}
+        self._write = WriteOffline(root, spec, views, max_rows_per_file, to_table=offline.embedding_rows_to_table)
 
-    def expand(self, moves: beam.PCollection) -> beam.PCollection:
-        return (
-            moves
-            | "One window" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
-            | "All files" >> beam.combiners.ToList()
-            | "Rename and replace" >> beam.ParDo(_Commit(self._patterns, self._staging))
-        )
+    def expand(self, rows: PCollection[FeatureRow]) -> PCollection[Any]:
+        return rows | self._write
 
 
 class _WriteDeadLettersFn(beam.DoFn):
@@ -306,7 +257,7 @@ def _encode_letter(letter: DeadLetter) -> bytes:
     return json.dumps(letter._asdict(), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
-class WriteDeadLetters(beam.PTransform):
+class WriteDeadLetters(beam.PTransform[PCollection[DeadLetter], PCollection[Any]]):
     """Dead letters -> JSONL files in a directory (local or gs://), or JSON messages on a
     Pub/Sub topic when the destination is projects/P/topics/T (attributes: reason, stage)."""
 
@@ -315,7 +266,7 @@ class WriteDeadLetters(beam.PTransform):
         self._destination = destination
         self._commit = commit
 
-    def expand(self, letters: beam.PCollection) -> beam.PCollection:
+    def expand(self, letters: PCollection[DeadLetter]) -> PCollection[Any]:
         if self._destination.startswith("projects/"):
             check_topic(self._destination, "--dead_letter")
             return (

@@ -2,7 +2,7 @@
 
 We mirror `feast.types.Value` with the protobuf library (a private descriptor pool, so it never
 clashes with Feast's own classes when both are imported) instead of depending on Feast at run
-time. Golden values from Feast's own functions are checked in tests/test_feast_codec.py.
+time. Golden values from Feast's own functions are checked in tests/test_stores.py.
 """
 
 from __future__ import annotations

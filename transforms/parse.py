@@ -1,8 +1,10 @@
-"""Parse raw events (JSON bytes/str or dicts) into schema'd `Event` records, or dead letters.
+"""The one verdict for every reader: a raw record (JSON bytes/str or a dict) -> `Event` or
+`DeadLetter`.
 
 Parsing is compiled from the spec once (`ParsePlan`): which fields are needed, as what type,
 and which `where` clauses each event matches (a bitmask), so downstream combiners never touch
-dicts. Every way an event can fail becomes a `DeadLetter` with a reason and a counter.
+dicts. Every way an event can fail becomes a `DeadLetter` with a reason and a counter
+(`Verdicts`, used by ParseEvents, the backfill's fast path and the embedding pipeline alike).
 """
 
 from __future__ import annotations
@@ -13,52 +15,25 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Generic, Iterable, Optional, Sequence, TypeVar
 
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
 from apache_beam.coders import Coder, RowCoder, registry
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PCollection
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from transforms.records import DeadLetter, Event
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
-from transforms.windowing import reach_ms, too_late_views
+from transforms.windows import reach_ms, too_late_views
 
 DEAD_LETTER_TAG = "dead_letter"
 MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-class Event(NamedTuple):
-    """One parsed event, reduced to what the spec needs."""
-
-    event_time_ms: int
-    event_id: Optional[str]
-    keys: Sequence[str]  # one per entity in ParsePlan.entities order
-    nums: Sequence[Optional[float]]  # one per ParsePlan.num_fields
-    strs: Sequence[Optional[str]]  # one per ParsePlan.str_fields
-    matches: int  # bit i set when ParsePlan.where_clauses[i] matches
-    arrival_ms: Optional[int] = None  # the pipeline clock when it arrived (lateness guard)
-
-
-class DeadLetter(NamedTuple):
-    """A record the pipeline refused, with why and where.
-
-    `payload` is the record as received: its text when it was UTF-8 (`encoding` "utf-8"), base64
-    of its bytes otherwise ("base64"), or JSON for records that arrived as objects (Parquet rows:
-    "json"), so every dead letter can be decoded and re-ingested exactly (`payload_bytes`).
-    """
-
-    payload: str
-    reason: str  # short code: invalid_json, bad_timestamp, missing_entity_key, bad_type, too_late, ...
-    error: str  # human-readable detail
-    stage: str  # parse | window | online_store | ...
-    time: str  # RFC 3339, when it was dead-lettered
-    encoding: str = "utf-8"  # of payload: utf-8 | base64 | json
-    event_time_ms: Optional[int] = None  # when the record was parsed far enough to know it
-    views: Optional[Sequence[str]] = None  # too_late: the views it came too late for
+T = TypeVar("T")
 
 
 class OpaqueRowCoder(Coder):
@@ -224,9 +199,7 @@ class ParsePlan:
         `element_time_ms` is the event time carried by the source (a Pub/Sub timestamp
         attribute); when given, the payload's timestamp field is not needed.
         """
-        record = decode_json(raw) if isinstance(raw, (bytes, str)) else raw
-        if not isinstance(record, dict):
-            raise BadEvent("not_an_object", f"an event must be a JSON object (got {type(record).__name__})")
+        record = decode_record(raw)
         if element_time_ms is None:
             event_time_ms = parse_timestamp(record.get(self.timestamp_field), self.timestamp_field,
                                             self.max_event_ms)
@@ -271,6 +244,16 @@ def decode_json(raw: bytes | str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         raise BadEvent("invalid_json", f"invalid JSON: {err}") from None
+
+
+def decode_record(raw: Any) -> dict:
+    """A raw record as the object it holds: JSON bytes/str decoded (`decode_json`), records that
+    arrive as objects (Parquet rows, a Beam user's dicts) as they are; anything but an object is
+    refused."""
+    record = decode_json(raw) if isinstance(raw, (bytes, str)) else raw
+    if not isinstance(record, dict):
+        raise BadEvent("not_an_object", f"an event must be a JSON object (got {type(record).__name__})")
+    return record
 
 
 def parse_timestamp(value: Any, field: str, max_ms: int = MAX_EPOCH_MS) -> int:
@@ -379,18 +362,34 @@ def _equals_any(value: Any, allowed: tuple) -> bool:
     return False
 
 
-def refuse(raw: Any, parse: Callable[..., Any], *args: Any) -> tuple[Any, Optional[DeadLetter]]:
-    """(parse(raw, *args), None), or (None, a dead letter holding raw) for every reader: a
-    BadEvent keeps its reason; anything else is a bug of ours, which must not kill the bundle
-    (a streaming engine would retry it forever) or lose the event: reason internal_error."""
-    try:
-        return parse(raw, *args), None
-    except BadEvent as err:
-        Metrics.counter("parse", f"dead_letter_{err.reason}").inc()
-        return None, dead_letter(raw, err.reason, str(err), "parse")
-    except Exception as err:
-        Metrics.counter("parse", "dead_letter_internal_error").inc()
-        return None, dead_letter(raw, "internal_error", f"{type(err).__name__}: {err}", "parse")
+# every reason a parser gives (BadEvent), counted per reason: parse.dead_letter_<reason>
+REASONS = ("invalid_json", "not_an_object", "missing_timestamp", "bad_timestamp", "timestamp_out_of_range",
+           "missing_entity_key", "bad_type", "unencodable_string", "internal_error")
+
+
+class Verdicts(Generic[T]):
+    """Parse or dead-letter, the same way for every reader: `verdicts(raw, *args)` is
+    (parse(raw, *args), None), or (None, a dead letter holding raw). A BadEvent keeps its reason;
+    anything else is a bug of ours, which must not kill the bundle (a streaming engine would retry
+    it forever) or lose the event: reason internal_error. The counters are declared once, with
+    the reader (a DoFn's __init__)."""
+
+    def __init__(self, parse: Callable[..., T]):
+        self._parse = parse
+        self._refused = {reason: Metrics.counter("parse", f"dead_letter_{reason}") for reason in REASONS}
+
+    def __call__(self, raw: Any, *args: Any) -> tuple[Optional[T], Optional[DeadLetter]]:
+        try:
+            return self._parse(raw, *args), None
+        except BadEvent as err:
+            reason, error = err.reason, str(err)
+        except Exception as err:
+            reason, error = "internal_error", f"{type(err).__name__}: {err}"
+        counter = self._refused.get(reason)
+        if counter is None:  # a reason outside REASONS: counted all the same
+            counter = self._refused[reason] = Metrics.counter("parse", f"dead_letter_{reason}")
+        counter.inc()
+        return None, dead_letter(raw, reason, error, "parse")
 
 
 def event_timestamp(event: Event) -> Timestamp:
@@ -405,6 +404,7 @@ class _ParseFn(beam.DoFn):
         self._from_element = timestamp_from_element
         self._clock = clock
         self._views = tuple(views)
+        self._verdicts = Verdicts(plan.parse)
         self._events_in = Metrics.counter("parse", "events_in")
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
@@ -418,7 +418,7 @@ class _ParseFn(beam.DoFn):
             raw, arrival_ms = raw
         elif self._clock == "wall":
             arrival_ms = int(time.time() * 1000)
-        event, letter = refuse(raw, self._plan.parse, timestamp.micros // 1000 if self._from_element else None)
+        event, letter = self._verdicts(raw, timestamp.micros // 1000 if self._from_element else None)
         if letter is not None:
             self._dead.inc()
             yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
@@ -443,7 +443,7 @@ class _ParseFn(beam.DoFn):
         yield TimestampedValue(event, event_timestamp(event))
 
 
-class ParseEvents(beam.PTransform):
+class ParseEvents(beam.PTransform[PCollection[Any], pvalue.DoOutputsTuple]):
     """Raw events -> (events: PCollection[Event] with event-time timestamps, dead_letters).
 
     With `timestamp_from_element`, event time is the element's timestamp (set by the source,
@@ -461,7 +461,7 @@ class ParseEvents(beam.PTransform):
         self._clock = clock
         self._views = tuple(spec.feature_views)
 
-    def expand(self, raw: beam.PCollection) -> pvalue.DoOutputsTuple:
+    def expand(self, raw: PCollection[Any]) -> pvalue.DoOutputsTuple:
         views = self._views if self._clock is not None else ()
         parse = beam.ParDo(_ParseFn(self._plan, self._from_element, self._clock, views)).with_output_types(Event)
         return raw | "Parse" >> parse.with_outputs(DEAD_LETTER_TAG, main="events")

@@ -5,7 +5,8 @@ Key: Feast entity key v3 + project. Hash fields: murmur3 of `view:feature` -> Fe
 "window_end_ms:pane_index:window_start_ms"; Feast ignores fields it does not ask for.
 Each row is one Lua script call (atomic compare-and-set); a batch is one pipelined round trip.
 
-URL forms (`--online_store`); a query parameter we do not know is an error, not ignored:
+URL forms (`--online_store`, checked by config.RedisConfig); a query parameter we do not know is an
+error, not ignored:
 
     redis://host:6379/0                               no auth
     redis://:password@host:6379/0                     requirepass (the default user)
@@ -20,33 +21,29 @@ Percent-encode `@ : / ? #` in user names and passwords (`p@ss` -> `p%40ss`).
 
 from __future__ import annotations
 
-import os
 import ssl
-import urllib.parse
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import redis
-from apache_beam.metrics import Metrics
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from transforms.features import FeatureRow
-from transforms.stores.feast_codec import (
+from transforms.io.online.base import (
+    OnlineRecord,
+    OnlineStore,
+    StoreError,
+    WriteResult,
+    with_retries,
+)
+from transforms.io.online.config import RedisConfig
+from transforms.io.online.feast_codec import (
     decode_value,
     encode_timestamp,
     encode_value,
     feature_field,
     serialize_entity_key,
 )
-from transforms.stores.online import (
-    OnlineRecord,
-    OnlineStore,
-    StoreError,
-    ViewLayout,
-    WriteResult,
-    redact_url,
-    with_retries,
-)
+from transforms.records import FeatureRow, ViewLayout
 from transforms.spec import FeatureSpecFile
 
 T = TypeVar("T")
@@ -89,17 +86,10 @@ return results
 """
 
 RETRIABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-_URL_OPTIONS = frozenset({"db", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
-                          "health_check_interval", "client_name"})
-_TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_cert_reqs", "ssl_certfile",
-                          "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_min_version",
-                          "ssl_ciphers"})
-_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 # AuthorizationError is recent in redis-py (we accept redis>=5).
 _AUTH_ERRORS = tuple(getattr(redis.exceptions, name)
                      for name in ("AuthenticationError", "AuthorizationError")
                      if hasattr(redis.exceptions, name))
-_RETRIES = Metrics.counter("online_store", "retries")
 
 
 def _is_permanent(err: BaseException) -> bool:
@@ -112,43 +102,13 @@ def _is_permanent(err: BaseException) -> bool:
     return isinstance(err.__cause__ or err.__context__, ssl.SSLCertVerificationError)
 
 
-def _check_url(url: str, redacted: str) -> None:
-    """Refuse what redis-py would misread silently: a host lost to an unencoded character in the
-    password, a misspelt query parameter, TLS options on a plain connection, a missing CA file."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port_ok = parts.port is None or parts.port > 0  # None: redis-py uses 6379
-    except ValueError:  # "user:pa/ss@host" reads as host "user", port "pa"
-        port_ok = False
-    # An "@" outside the user info means a password with an unencoded / ? or # in it: the rest
-    # of the URL would be misread, and must not be echoed in an error either.
-    if ("@" in url and "@" not in parts.netloc) or (
-            parts.scheme in ("redis", "rediss") and not (parts.hostname and port_ok)):
-        raise StoreError(f"--online_store: cannot parse Redis URL {redacted!r}: expected "
-                         "redis[s]://[user:password@]host:port/db; percent-encode @ : / ? # "
-                         "in the user name, the password and query values")
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    allowed = _URL_OPTIONS | (_TLS_OPTIONS if parts.scheme == "rediss" else frozenset())
-    unknown = sorted(set(query) - allowed)
-    if unknown:
-        hint = " (TLS options need rediss://)" if set(unknown) & _TLS_OPTIONS else ""
-        raise StoreError(f"--online_store: unsupported parameter(s) {', '.join(unknown)} in "
-                         f"{redacted!r}{hint}; supported: {', '.join(sorted(allowed))}")
-    reqs = query.get("ssl_cert_reqs", ["required"])[-1]
-    if reqs not in ("required", "optional", "none"):
-        raise StoreError(
-            f"--online_store: ssl_cert_reqs must be required, optional or none (got {reqs!r})")
-    for name in _TLS_FILES:
-        for path in query.get(name, []):
-            if not os.path.isfile(path):
-                raise StoreError(f"--online_store: {name} file not found: {path!r}")
-
-
 class RedisOnlineStore(OnlineStore):
-    def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None):
+    def __init__(self, url: Union[str, RedisConfig], spec: FeatureSpecFile,
+                 views: Optional[dict[str, ViewLayout]] = None):
         super().__init__(spec, views)
-        self.url = redact_url(url)
-        _check_url(url, self.url)
+        config = url if isinstance(url, RedisConfig) else RedisConfig.from_url(url)
+        url = config.url
+        self.url = config.redacted
         try:
             # One retry policy, ours (bounded, logged, counted). redis-py may reconnect once,
             # without waiting, for a pooled connection the server closed while idle; its own
@@ -175,7 +135,7 @@ class RedisOnlineStore(OnlineStore):
         """`call` under with_retries; every Redis error comes out as a StoreError naming the
         (redacted) URL."""
         return with_retries(call, (redis.RedisError,), f"Redis {self.url}", give_up=_is_permanent,
-                            on_retry=lambda attempt, err: _RETRIES.inc())
+                            on_retry=self._retried)
 
     def ping(self) -> None:
         self._retrying(self._client.ping)

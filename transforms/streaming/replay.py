@@ -17,7 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.events import BadEvent, ParsePlan
+from transforms.backfill.files import matching_files
+from transforms.parse import BadEvent, ParsePlan
 
 
 @dataclass
@@ -87,10 +88,7 @@ def build_replay(
 def read_lines(pattern: str) -> list[bytes]:
     """The lines of every file a path or glob matches, files in name order (`.gz` decompressed):
     the replay's arrival order."""
-    try:
-        paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # Beam raises BeamIOError for unmatched globs on some filesystems
-        paths = []
+    paths = sorted(matching_files(pattern))
     if not paths:
         raise FileNotFoundError(errno.ENOENT, "no files match", pattern)
     lines: list[bytes] = []

@@ -1,4 +1,5 @@
-"""Offline store: Parquet under OFFLINE/<view>/date=YYYY-MM-DD/, one row per emitted pane.
+"""Offline store: Parquet under OFFLINE/<view>/date=YYYY-MM-DD/, one row per emitted pane (and,
+for embeddings, one row per embedded text).
 
 Read it with `read_offline(OFFLINE, spec, view)`: one row per pane, copies written by retried
 bundles or overlapping runs removed. A bounded run replaces the files of an earlier run over the
@@ -13,19 +14,16 @@ import datetime as dt
 import os
 import uuid
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.features import FeatureRow
 from transforms.gcpause import gc_paused
-from transforms.stores.online import ViewLayout
-
-if TYPE_CHECKING:
-    from transforms.spec import FeatureSpecFile
+from transforms.records import FeatureRow, ViewLayout, layouts
+from transforms.spec import FeatureSpecFile, load_spec
 
 _ARROW_TYPES = {
     "int64": pa.int64(),
@@ -108,7 +106,50 @@ def write_rows(root: str, layout: ViewLayout, rows: Sequence[FeatureRow],
     return paths
 
 
-def read_offline(root: str, spec_or_layout: "FeatureSpecFile | ViewLayout", view: Optional[str] = None) -> pa.Table:
+# -- embeddings -----------------------------------------------------------------------------
+# One row per embedded text: <join_key>, event_timestamp, created_timestamp and `embedding` as a
+# fixed-size list of float32 (384 for MiniLM), under OFFLINE/<name>/date=YYYY-MM-DD/ like views.
+def embedding_schema(layout: ViewLayout, dim: int) -> pa.Schema:
+    key_type = pa.int64() if layout.key_dtype == "int64" else pa.string()
+    return pa.schema(
+        [
+            pa.field(layout.join_key, key_type, nullable=False),
+            pa.field("event_timestamp", TS, nullable=False),
+            pa.field("created_timestamp", TS, nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+def embedding_rows_to_table(rows: Sequence[FeatureRow], layout: ViewLayout, created_us: int) -> pa.Table:
+    """Embedding rows of one view -> Arrow table; every vector must have the same length."""
+    dim = len(rows[0].features[0])
+    for row in rows:
+        if len(row.features[0]) != dim:
+            raise ValueError(
+                f"{layout.name}: embeddings of one file must have the same size "
+                f"(entity {row.entity!r} has {len(row.features[0])}, expected {dim})"
+            )
+    schema = embedding_schema(layout, dim)
+    flat = pa.array(np.asarray([r.features[0] for r in rows], dtype=np.float32).reshape(-1))
+    keys = [int(r.entity) if layout.key_dtype == "int64" else r.entity for r in rows]
+    return pa.Table.from_arrays(
+        [
+            pa.array(keys, schema.field(0).type),
+            pa.array([r.window_end_ms * 1000 for r in rows], TS),
+            pa.array([created_us] * len(rows), TS),
+            pa.FixedSizeListArray.from_arrays(flat, dim),
+        ],
+        schema=schema,
+    )
+
+
+def write_embeddings(root: str, layout: ViewLayout, rows: Sequence[FeatureRow]) -> list[str]:
+    """Write rows of one embedding view, one file per event date. Returns the final paths."""
+    return write_rows(root, layout, rows, embedding_rows_to_table)
+
+
+def read_offline(root: str, spec_or_layout: FeatureSpecFile | ViewLayout, view: Optional[str] = None) -> pa.Table:
     """One view's offline rows, de-duplicated by (entity, window_end, pane_index):
     `read_offline("offline/", spec, "user_5m")` (spec: a FeatureSpecFile or a path to its YAML).
 
@@ -119,9 +160,6 @@ def read_offline(root: str, spec_or_layout: "FeatureSpecFile | ViewLayout", view
     if isinstance(spec_or_layout, ViewLayout):
         layout = spec_or_layout
     else:
-        from transforms.spec import load_spec
-        from transforms.stores.online import layouts
-
         spec = load_spec(spec_or_layout) if isinstance(spec_or_layout, str) else spec_or_layout
         found = layouts(spec)
         if view not in found:
