@@ -20,7 +20,8 @@ import sys
 from typing import Optional, Sequence
 
 from flex_templates.launch import IMAGE
-from flex_templates.templates import NAMES, REPO, TemplateError, fail, load, spec_gcs_path
+from flex_templates.templates import NAMES, REPO, TemplateError, load, spec_gcs_path
+from pipelines.cli import fail
 
 PROGRAM = "build"
 TARGETS = ("cpu", "gpu")

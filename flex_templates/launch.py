@@ -33,11 +33,11 @@ from flex_templates.templates import (
     check_gcs,
     check_job_name,
     dashed,
-    fail,
     load,
     parse_params,
     spec_gcs_path,
 )
+from pipelines.cli import fail
 
 PROGRAM = "launch"
 IMAGE = re.compile(  # registry[:port]/path[:tag|@digest]

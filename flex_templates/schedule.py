@@ -37,9 +37,9 @@ from flex_templates.templates import (
     TemplateError,
     check_job_name,
     dashed,
-    fail,
     load,
 )
+from pipelines.cli import fail
 
 PROGRAM = "schedule"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"

@@ -1,16 +1,19 @@
 """The project's Flex Templates: where each one's metadata.json and entry file live, and how
 launch parameters are checked against that metadata (unknown, missing, regex) before Dataflow
-sees them. Shared by build, launch and schedule; imports neither Beam nor the pipelines."""
+sees them. Shared by build, launch and schedule; imports no Beam: of the project only the CLI's
+one-line failure (pipelines.cli) and the stores' password redaction (transforms.io.online.config)."""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from pipelines.cli import fail
+from transforms.io.online.config import redact_url
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -36,11 +39,6 @@ class TemplateError(ValueError):
     """A user mistake in a template command line; printed as one line, exit code 2."""
 
 
-def fail(program: str, message: str, code: int = 2) -> NoReturn:
-    print(f"{program}: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def call_google(program: str, refused: str, call: Callable[[], Any]) -> Any:
     """Call a Google API; missing credentials and API refusals become one line and exit 1."""
     from google.api_core import exceptions
@@ -54,13 +52,12 @@ def call_google(program: str, refused: str, call: Callable[[], Any]) -> Any:
         fail(program, f"{refused}: {err.code} {err.message}", code=1)
 
 
-_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)[^@]*@")
 GCS = r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[A-Za-z0-9._~%+=,@/-]*)?"
 
 
 def redact(value: str) -> str:
-    """A parameter value safe to echo: a URL's password becomes ***; one line (repr)."""
-    return repr(_PASSWORD.sub(r"\1***@", value))
+    """A parameter value safe to echo: a URL's password becomes *** (redact_url); one line (repr)."""
+    return repr(redact_url(value))
 
 
 @dataclass(frozen=True)
