@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import make_spec, view
-from transforms.aggregate import HLL_LG_K, FeatureViewCombineFn
+from transforms.aggregate import FeatureViewCombineFn
+from transforms.aggregations import HLL_LG_K
 from transforms.events import ParsePlan
 
 FEATURES = [

@@ -40,7 +40,7 @@ def mutate(path: list, value=None, delete: bool = False) -> dict:
 @pytest.mark.parametrize("path, value, delete, message", [
     (["feature_views", 0, "features", 2, "agg"], "avgg", False,
      "shop.yaml: feature_views[0].features[2].agg: unknown aggregation (expected one of count, sum, mean, "
-     "min, max, first, last, approx_count_distinct, approx_percentile) (got 'avgg')"),
+     "min, max, first, last, approx_count_distinct, approx_percentile, variance, stddev, first_k, last_k, top_k, histogram) (got 'avgg')"),
     (["feature_views", 0, "windw"], {"type": "fixed"}, False,
      "shop.yaml: feature_views[0].windw: unknown key (got {'type': 'fixed'})"),
     (["feature_views", 0, "window", "size"], "5x", False,
@@ -118,5 +118,5 @@ def test_cli_prints_one_line_and_exits_non_zero_for_a_bad_spec(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"backfill_features: error: {bad}: feature_views[0].features[2].agg: unknown aggregation "
         "(expected one of count, sum, mean, min, max, first, last, approx_count_distinct, "
-        "approx_percentile) (got 'avgg')"
+        "approx_percentile, variance, stddev, first_k, last_k, top_k, histogram) (got 'avgg')"
     )

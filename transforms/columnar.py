@@ -12,29 +12,15 @@ from __future__ import annotations
 
 import io
 import re
-from collections import deque
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
-from datasketches import hll_sketch, kll_doubles_sketch
 
-from transforms.aggregate import (
-    HLL_LG_K,
-    KLL_K,
-    FeatureViewCombineFn,
-    _Count,
-    _Distinct,
-    _First,
-    _Last,
-    _Max,
-    _Mean,
-    _Min,
-    _Percentile,
-    _Sum,
-)
+from transforms.aggregate import FeatureViewCombineFn
+from transforms.aggregations import Grouping
 from transforms.dedup import hash_ids
 from transforms.events import MAX_DEPTH, ParsePlan
 from transforms.spec import FeatureViewSpec
@@ -207,44 +193,24 @@ def _keys(table: pa.Table, names: list[str]) -> list[tuple]:
     return list(zip(*(table[n].to_pylist() for n in names)))
 
 
-def _lists(column: pa.ChunkedArray) -> tuple[Any, np.ndarray]:
-    """A list column as (flat values, offsets): group i's values are values[o[i]:o[i+1]]."""
-    lists = column.combine_chunks()
-    offsets = lists.offsets.to_numpy()
-    return lists.values, offsets - offsets[0]
-
-
-class _Extreme(NamedTuple):
-    """first/last as a hash min/max of one int64 column: rank of the time * n_values + rank of
-    the value, so the least/greatest (time, value) pair wins as in `_First/_Last.merge`,
-    without sorting the rows."""
-
-    column: str
-    times: list  # time of each time rank
-    values: list  # value of each value rank
-    n_values: int
-
-
 class ColumnarAggregator:
     """Arrow tables -> {(entity, tile_start): accumulator} for one view, in CombineFn layout.
 
-    One hash group-by per distinct `where` clause computes every feature of the view (counts,
-    sums, min/max, first/last, and the value lists the sketches are built from)."""
+    One hash group-by per distinct `where` clause computes every feature of the view; each
+    aggregation asks for the Arrow aggregations it needs (transforms/aggregations.py)."""
 
     def __init__(self, plan: ParsePlan, view: FeatureViewSpec, fn: FeatureViewCombineFn, tile_ms: int):
+        from transforms.events import where_key
+
         self._plan = plan
         self._fn = fn
         self._tile = tile_ms
         self._key = next(k for name, k, _ in plan.entities if name == view.entity)
-        self._masks = {op.mask: clause for op, clause in zip(fn._ops, self._clauses(view))}
+        clauses = [where_key(f.where) if f.where else None for f in view.features]
+        self._masks = {agg.mask: clause for agg, clause in zip(fn.aggregations, clauses)}
         self._by_mask: dict[int, list[tuple[int, Any]]] = {0: []}
-        for i, op in enumerate(fn._ops, 1):
-            self._by_mask.setdefault(op.mask, []).append((i, op))
-
-    def _clauses(self, view: FeatureViewSpec) -> list:
-        from transforms.events import where_key
-
-        return [where_key(f.where) if f.where else None for f in view.features]
+        for i, agg in enumerate(fn.aggregations, 1):
+            self._by_mask.setdefault(agg.mask, []).append((i, agg))
 
     def aggregate(self, table: pa.Table, into: dict) -> None:
         ts = table[self._plan.timestamp_field].to_numpy()
@@ -255,12 +221,12 @@ class ColumnarAggregator:
         keys = [self._key, TILE]
         fn = self._fn
         accs: dict[tuple, list] = {}
-        for mask, ops in self._by_mask.items():  # mask 0 (every row) first: it makes the tiles
+        for mask, aggs in self._by_mask.items():  # mask 0 (every row) first: it makes the tiles
             rows = self._filter(table, mask)
             if mask and not rows.num_rows:
                 continue
-            group_keys, columns = self._group(rows, keys, ops, with_time=not mask)
-            if not mask and len(ops) == len(fn._ops):  # the columns are the accumulators
+            group_keys, columns = self._group(rows, keys, aggs, with_time=not mask)
+            if not mask and len(aggs) == len(fn.aggregations):  # the columns are the accumulators
                 accs = dict(zip(group_keys, map(list, zip(*columns))))
                 continue
             if not mask:
@@ -270,7 +236,7 @@ class ColumnarAggregator:
                     accs[key][0] = max_ts
             for key, states in zip(group_keys, zip(*columns)):
                 acc = accs[key]
-                for (i, _), state in zip(ops, states):
+                for (i, _), state in zip(aggs, states):
                     acc[i] = state
         for key, acc in accs.items():
             current = into.get(key)
@@ -287,111 +253,23 @@ class ColumnarAggregator:
             keep = match if keep is None else pc.and_(keep, match)
         return table.filter(pc.fill_null(keep, False))
 
-    def _field(self, op: Any) -> str:
-        plan = self._plan
-        if isinstance(op, (_First, _Last)):
-            return plan.num_fields[op.slot] if op.values == "nums" else plan.str_fields[op.slot].name
-        if isinstance(op, _Distinct):
-            return plan.str_fields[op.slot].name
-        return plan.num_fields[op.slot]
-
-    def _group(self, rows: pa.Table, keys: list[str], ops: list[tuple[int, Any]],
+    def _group(self, rows: pa.Table, keys: list[str], aggs: list[tuple[int, Any]],
                with_time: bool) -> tuple[list[tuple], list[list]]:
-        """One group-by of `rows` by (entity, tile) -> (keys, [max time,] one state list per op)."""
+        """One group-by of `rows` by (entity, tile) -> (keys, [max time,] one state list per feature)."""
         ts = self._plan.timestamp_field
         aggregations: dict[tuple[str, str], str] = {}
 
         def want(column: str, function: str) -> str:
             return aggregations.setdefault((column, function), f"{column}_{function}")
 
-        extremes: dict[int, _Extreme] = {}
-        for i, op in ops:
-            if isinstance(op, (_First, _Last)):
-                extremes[i], ranked = self._extreme(rows, self._field(op), f"__extreme{i}")
-                rows = rows.append_column(extremes[i].column, ranked)
-        wanted = []
+        grouping = Grouping(keys, ts, want)
+        readers = []
         if with_time:
-            wanted.append(("time", want(ts, "max")))
-        for i, op in ops:
-            field = "" if isinstance(op, _Count) else self._field(op)
-            if isinstance(op, _Count):
-                wanted.append((op, want(ts, "count")))
-            elif isinstance(op, _Sum):
-                wanted.append((op, want(field, "sum")))
-            elif isinstance(op, _Mean):
-                wanted.append((op, (want(field, "sum"), want(field, "count"))))
-            elif isinstance(op, (_Min, _Max)):
-                wanted.append((op, want(field, "min" if isinstance(op, _Min) else "max")))
-            elif isinstance(op, (_First, _Last)):
-                wanted.append((extremes[i], want(extremes[i].column, "min" if isinstance(op, _First) else "max")))
-            elif isinstance(op, _Distinct):
-                wanted.append((op, want(field, "distinct")))
-            else:
-                assert isinstance(op, _Percentile), op
-                wanted.append((op, want(field, "list")))
+            time = want(ts, "max")
+            readers.append(lambda g, group_keys: g[time].to_pylist())
+        for _, agg in aggs:
+            rows, read = agg.group(rows, grouping)
+            readers.append(read)
         g = rows.group_by(keys, use_threads=False).aggregate(list(aggregations))
-        return _keys(g, keys), [_states(what, g, name) for what, name in wanted]
-
-    def _extreme(self, rows: pa.Table, field: str, column: str) -> tuple[_Extreme, pa.Array]:
-        """A ranked int64 column for first/last of `field`: dense rank of the time, times the
-        number of distinct values, plus the value's rank; null where the value is null."""
-        ts_values, ts_rank = np.unique(rows[self._plan.timestamp_field].to_numpy(), return_inverse=True)
-        column_values = rows[field].combine_chunks()
-        valid = column_values.is_valid().to_numpy(zero_copy_only=False)
-        if pa.types.is_string(column_values.type):
-            encoded = column_values.dictionary_encode()
-            order = pc.array_sort_indices(encoded.dictionary).to_numpy()
-            rank_of_code = np.empty(len(order), dtype=np.int64)
-            rank_of_code[order] = np.arange(len(order))
-            codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
-            value_rank = rank_of_code[codes] if len(order) else np.zeros(len(codes), dtype=np.int64)
-            values = encoded.dictionary.take(pa.array(order)).to_pylist()
-        else:
-            numbers = column_values.to_numpy(zero_copy_only=False)
-            values_np, value_rank = np.unique(np.where(valid, numbers, 0.0), return_inverse=True)
-            values = values_np.tolist()
-        n_values = max(len(values), 1)
-        ranked = ts_rank.astype(np.int64) * n_values + value_rank
-        return _Extreme(column, ts_values.tolist(), values, n_values), pa.array(ranked, mask=~valid)
-
-
-def _states(what: Any, g: pa.Table, name: Any) -> list:
-    if what == "time" or isinstance(what, (_Count, _Min, _Max)):
-        return g[name].to_pylist()
-    if isinstance(what, _Sum):
-        return [0.0 if v is None else v for v in g[name].to_pylist()]
-    if isinstance(what, _Mean):
-        totals, counts = g[name[0]].to_pylist(), g[name[1]].to_pylist()
-        return [(0.0, 0) if not n else (total, n) for total, n in zip(totals, counts)]
-    if isinstance(what, _Extreme):
-        times, values, n_values = what.times, what.values, what.n_values
-        return [None if r is None else (times[r // n_values], values[r % n_values]) for r in g[name].to_pylist()]
-    flat, offsets = _lists(g[name])
-    bounds = zip(offsets[:-1].tolist(), offsets[1:].tolist())
-    if isinstance(what, _Distinct):
-        strings = flat.to_pylist()
-        out = []
-        for lo, hi in bounds:
-            if lo == hi:
-                out.append(None)
-                continue
-            sketch = hll_sketch(HLL_LG_K)
-            deque(map(sketch.update, strings[lo:hi]), maxlen=0)
-            out.append(sketch)
-        return out
-    assert isinstance(what, _Percentile), what
-    # nulls -> NaN (valid values are finite); a writable copy, as the sketch's update requires
-    numbers = np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
-    has_nulls = flat.null_count > 0
-    out = []
-    for lo, hi in bounds:
-        chunk = numbers[lo:hi]
-        if has_nulls:
-            chunk = chunk[~np.isnan(chunk)]
-        if not len(chunk):
-            out.append(None)
-            continue
-        sketch = kll_doubles_sketch(KLL_K)
-        sketch.update(chunk)
-        out.append(sketch)
-    return out
+        group_keys = _keys(g, keys)
+        return group_keys, [read(g, group_keys) for read in readers]
