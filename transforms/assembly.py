@@ -47,3 +47,40 @@ def assemble_windows(fn: FeatureViewCombineFn, starts: list[int], accs: list[lis
     times = tiles.reduce(np.array([acc[0] for acc in accs], dtype=np.int64), np.maximum, -1)
     columns = [agg.over_windows([acc[i] for acc in accs], tiles) for i, agg in enumerate(fn.aggregations, 1)]
     return Windows(tiles.ends.tolist(), times.tolist(), zip(*columns))
+
+
+def assemble_entities(fn: FeatureViewCombineFn, entities: list[tuple[list[int], list[list]]], tile_ms: int,
+                      size_ms: int) -> list[Windows]:
+    """`assemble_windows` for many entities in one vectorised pass (per-entity numpy calls cost
+    more than the arithmetic when entities have few tiles, as with many entities).
+
+    Each entity's tiles are laid out on one axis counted in tiles, entity after entity, with a
+    gap of a window's length between them, so no window reaches two entities; the windows are
+    then cut back per entity. Values equal `assemble_windows` on each entity alone."""
+    if len(entities) == 1:
+        starts, accs = entities[0]
+        return [assemble_windows(fn, starts, accs, tile_ms, size_ms)]
+    k = size_ms // tile_ms
+    positions, bases, offsets, all_accs = [], [], [], []
+    offset = 0
+    for starts, accs in entities:
+        first = starts[0]
+        index = (np.array(starts, dtype=np.int64) - first) // tile_ms + offset
+        positions.append(index)
+        bases.append(first)
+        offsets.append(offset)
+        all_accs.extend(accs)
+        offset = int(index[-1]) + k + 1
+    tiles = gather(np.concatenate(positions), 1, k)
+    times = tiles.reduce(np.array([acc[0] for acc in all_accs], dtype=np.int64), np.maximum, -1).tolist()
+    columns = [agg.over_windows([acc[i] for acc in all_accs], tiles) for i, agg in enumerate(fn.aggregations, 1)]
+    rows = list(zip(*columns))
+    # every entity's windows are one run of the (ascending) ends
+    cuts = np.searchsorted(tiles.ends, np.array(offsets[1:] + [offset], dtype=np.int64)).tolist()
+    out, lo = [], 0
+    ends = tiles.ends
+    for base, first_index, hi in zip(bases, offsets, cuts):
+        entity_ends = ((ends[lo:hi] - first_index) * tile_ms + base).tolist()
+        out.append(Windows(entity_ends, times[lo:hi], iter(rows[lo:hi])))
+        lo = hi
+    return out
