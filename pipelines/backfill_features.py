@@ -60,7 +60,8 @@ OPTIONS = (EventFileOptions, FeatureStoreOptions, BackfillOptions)
 
 
 def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, preaggregate: bool,
-          from_dead_letters: bool = False) -> None:
+          from_dead_letters: bool = False, range_bytes: Optional[int] = None) -> None:
+    """The backfill's graph; `range_bytes`: JSONL files are read in ranges of this size."""
     spec = load_spec(stores.feature_spec)
     paths = matching_files(events)
     # re-running over the same input files replaces that run's offline and dead-letter files
@@ -69,16 +70,16 @@ def build(pipeline: beam.Pipeline, events: str, stores: FeatureStoreOptions, pre
     if from_dead_letters:
         (
             pipeline
-            | "Read dead letters" >> ReadEventFiles(events)
+            | "Read dead letters" >> ReadEventFiles(events, range_bytes)
             | "Payloads" >> beam.ParDo(DeadLetterPayloads())
             | "Features" >> FeaturePipeline(spec, streaming=False, **sinks)
         )
     elif preaggregate:
-        pipeline | "Features" >> TiledFeaturePipeline(spec, paths, **sinks)
+        pipeline | "Features" >> TiledFeaturePipeline(spec, paths, **sinks, range_bytes=range_bytes)
     else:
         (
             pipeline
-            | "Read events" >> ReadEventFiles(events)
+            | "Read events" >> ReadEventFiles(events, range_bytes)
             | "Features" >> FeaturePipeline(spec, streaming=False, **sinks)
         )
 

@@ -106,15 +106,16 @@ class TiledFeaturePipeline(beam.PTransform):
 
     def __init__(self, spec: FeatureSpecFile, paths: list[str], online_store: Optional[str] = None,
                  offline_store: Optional[str] = None, dead_letter: Optional[str] = None,
-                 commit: Optional[RunCommit] = None):
+                 commit: Optional[RunCommit] = None, range_bytes: Optional[int] = None):
         super().__init__()
         self._spec = spec
         self._paths = paths
+        self._range_bytes = range_bytes  # JSONL files are read in ranges of this size (tiles.RANGE_BYTES)
         self._sinks = (online_store, offline_store, dead_letter)
         self._commit = commit
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> TiledOutputs:
-        read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths)
+        read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths, self._range_bytes)
         untiled = [
             read.events | ComputeFeatures(self._spec, view, streaming=False)
             for view in self._spec.feature_views
@@ -170,11 +171,13 @@ class DeadLetterPayloads(beam.DoFn):
 
 class ReadEventFiles(beam.PTransform):
     """JSONL (optionally compressed) or Parquet files matching a glob -> raw events. Each file
-    is read by its own format (a glob may match both)."""
+    is read by its own format (a glob may match both); JSONL files in ranges of `range_bytes`
+    (default: Beam's)."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, range_bytes: Optional[int] = None):
         super().__init__()
         self._pattern = pattern
+        self._range_bytes = range_bytes
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         paths = matching_files(self._pattern)
@@ -189,7 +192,9 @@ class ReadEventFiles(beam.PTransform):
                 pbegin
                 | "JSONL files" >> beam.Create(text)
                 # Bytes, not str: a line that is not UTF-8 must become a dead letter, not a crash.
-                | "Read JSONL" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
+                | "Read JSONL" >> beam.io.ReadAllFromText(
+                    coder=beam.coders.BytesCoder(),
+                    **({"desired_bundle_size": self._range_bytes} if self._range_bytes else {}))
                 | "Skip blank lines" >> beam.ParDo(_SkipBlank())
             )
         return parts[0] if len(parts) == 1 else parts | "Both formats" >> beam.Flatten()
