@@ -112,6 +112,7 @@ def test_backfill_paths_equal_the_reference(corpus, tmp_path, preaggregate, redi
                 assert_close(feature, line["features"][feature.name], values[feature.name])
 
 
+@pytest.mark.slow
 def test_streaming_final_panes_equal_the_reference(corpus, tmp_path):
     _, _, spec, good, lines = corpus
     stream = TestStream()
