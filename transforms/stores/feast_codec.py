@@ -46,6 +46,17 @@ def _build_value_class() -> type:
         msg.field.add(
             name="val", number=1, type=scalar, label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
         )
+    # message Map { map<string, Value> val = 1; } (feast.types.Map, Value.map_val = 20)
+    map_msg = fdp.message_type.add(name="Map")
+    entry = map_msg.nested_type.add(name="ValEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                    label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                    type_name=".beam_features.feast.Value", label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    map_msg.field.add(name="val", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                      type_name=".beam_features.feast.Map.ValEntry",
+                      label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
     value = fdp.message_type.add(name="Value")
     value.oneof_decl.add(name="val")
     for name, number, kind in _VALUE_FIELDS:
@@ -59,6 +70,10 @@ def _build_value_class() -> type:
             type_name=f".beam_features.feast.{list_type}",
             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, oneof_index=0,
         )
+    value.field.add(
+        name="map_val", number=20, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".beam_features.feast.Map", label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, oneof_index=0,
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("beam_features.feast.Value"))
@@ -96,11 +111,22 @@ def encode_value(value: Any, value_type: str) -> bytes:
     if value_type == "string":
         raw = str(value).encode("utf-8")
         return b"\x12" + _varint(len(raw)) + raw
-    if value_type == "float_list":
-        msg = Value()
-        msg.float_list_val.val.extend(value)
-        return msg.SerializeToString()
-    raise ValueError(f"unsupported value type {value_type!r}")
+    msg = Value()
+    if value_type in _LIST_FIELDS_OF:
+        getattr(msg, _LIST_FIELDS_OF[value_type]).val.extend(value)
+    elif value_type == "int64_map":  # histograms: a feast.types.Map of int64 Values
+        entries = msg.map_val.val
+        for key, count in value.items():
+            entries[str(key)].int64_val = int(count)
+        msg.map_val.SetInParent()
+    else:
+        raise ValueError(f"unsupported value type {value_type!r}")
+    return msg.SerializeToString()
+
+
+# Our list value types -> the Feast Value field holding them.
+_LIST_FIELDS_OF = {"float_list": "float_list_val", "double_list": "double_list_val",
+                   "string_list": "string_list_val", "int64_list": "int64_list_val"}
 
 
 def decode_value(data: Optional[bytes]) -> Any:
@@ -113,6 +139,9 @@ def decode_value(data: Optional[bytes]) -> Any:
         return None
     if kind.endswith("_list_val"):
         return list(getattr(msg, kind).val)
+    if kind == "map_val":  # most frequent first, as histograms are written
+        counts = {key: decode_value(item.SerializeToString()) for key, item in msg.map_val.val.items()}
+        return dict(sorted(counts.items(), key=lambda kv: (-(kv[1] or 0), kv[0])))
     return getattr(msg, kind)
 
 
