@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 BASE   := $(VENV)/.installed-base
 
-.PHONY: demo test install bench clean engines
+.PHONY: demo test test-fast install bench clean engines
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ engines:
 
 test: $(STAMP) engines
 	$(PY) -m pytest -q
+
+# The inner loop: no tests marked slow (over ~5 s) or flink; `make test` still runs everything.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m 'not slow and not flink'
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

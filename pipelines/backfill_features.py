@@ -68,8 +68,10 @@ def check_options(options: PipelineOptions) -> None:
         check_online_store(stores.online_store, spec)
 
 
-def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
-    """The graph: event files (or dead letters) -> features -> stores and dead letters."""
+def build(pipeline: beam.Pipeline, options: PipelineOptions, range_bytes: Optional[int] = None) -> None:
+    """The graph: event files (or dead letters) -> features -> stores and dead letters. JSONL
+    files are read in ranges of `range_bytes` (default: the fast path's RANGE_BYTES, Beam's on
+    the event path)."""
     events = options.view_as(EventFileOptions).events
     stores = options.view_as(FeatureStoreOptions)
     backfill = options.view_as(BackfillOptions)
@@ -83,14 +85,15 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> None:
     if backfill.from_dead_letters == "true":
         outputs = (
             pipeline
-            | "Read dead letters" >> ReadEventFiles(events)
+            | "Read dead letters" >> ReadEventFiles(events, range_bytes)
             | "Payloads" >> beam.ParDo(DeadLetterPayloads())
             | "Features" >> FeaturePipeline(spec)
         )
     elif backfill.preaggregate == "true":
-        outputs = pipeline | "Features" >> TiledFeaturePipeline(spec, paths)
+        outputs = pipeline | "Features" >> TiledFeaturePipeline(spec, paths, range_bytes)
     else:
-        outputs = pipeline | "Read events" >> ReadEventFiles(events) | "Features" >> FeaturePipeline(spec)
+        outputs = (pipeline | "Read events" >> ReadEventFiles(events, range_bytes)
+                   | "Features" >> FeaturePipeline(spec))
     # re-running over the same input files replaces that run's offline and dead-letter files
     outputs | "Write" >> WriteFeatures(spec, stores.online_store, stores.offline_store, stores.dead_letter,
                                        commit=RunCommit.for_inputs(paths))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
-from collections import defaultdict
+import statistics
+from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, FixedWindow, SlidingWindow
@@ -56,7 +58,23 @@ def feature_value(feature, records: list[dict], ts_field: str) -> Any:
         return len(set(nums))
     if feature.agg == "approx_percentile":
         return sorted(nums)
+    if feature.agg in ("variance", "stddev"):
+        variance = statistics.pvariance(nums)
+        return variance if feature.agg == "variance" else math.sqrt(variance)
+    if feature.agg == "first_k":
+        return [v for _, v in sorted(values)[:feature.k]]
+    if feature.agg == "last_k":
+        return [v for _, v in sorted(values, reverse=True)[:feature.k]]
+    if feature.agg in ("top_k", "histogram"):
+        counts = Counter(_text(v) for v in nums)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [v for v, _ in ranked[:feature.k]] if feature.agg == "top_k" else dict(ranked[:feature.cap])
     raise ValueError(feature.agg)
+
+
+def _text(value: Any) -> str:
+    """A value as the parser's canonical text (strings as they are, numbers as JSON)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def all_windows(spec: FeatureSpecFile, view: FeatureViewSpec, records: Iterable[dict]) -> dict:
@@ -99,6 +117,10 @@ def assert_close(feature, got: Any, expected: Any, rel: float = 1e-9) -> None:
         assert below - 0.03 <= feature.q <= at_or_below + 0.03, (feature.name, got)
     elif feature.agg == "approx_count_distinct":
         assert abs(got - expected) <= max(1, 0.05 * expected), (feature.name, got, expected)
+    elif isinstance(expected, list) and expected and isinstance(expected[0], float):
+        assert got is not None and len(got) == len(expected), (feature.name, got, expected)
+        for g, e in zip(got, expected):
+            assert abs(g - e) <= rel * max(1.0, abs(e)) + 1e-9, (feature.name, got, expected)
     elif isinstance(expected, float):
         assert got is not None and abs(got - expected) <= rel * max(1.0, abs(expected)) + 1e-9, (
             feature.name, got, expected)

@@ -3,6 +3,7 @@ and accumulator coder round trips (as a shuffle would do); sketches within their
 
 from __future__ import annotations
 
+import collections
 import random
 import statistics
 
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import make_spec, view
-from transforms.aggregate import HLL_LG_K, FeatureViewCombineFn
+from transforms.aggregate import FeatureViewCombineFn
+from transforms.aggregations import HLL_LG_K
 from transforms.parse import ParsePlan
 
 FEATURES = [
@@ -25,6 +27,12 @@ FEATURES = [
     {"name": "last_amount", "agg": "last", "field": "amount"},
     {"name": "items", "agg": "approx_count_distinct", "field": "item"},
     {"name": "p90", "agg": "approx_percentile", "field": "amount", "q": 0.9},
+    {"name": "var", "agg": "variance", "field": "amount"},
+    {"name": "std", "agg": "stddev", "field": "amount", "where": {"event_type": "click"}},
+    {"name": "first3", "agg": "first_k", "field": "item", "k": 3},
+    {"name": "last2_amount", "agg": "last_k", "field": "amount", "k": 2},
+    {"name": "top2", "agg": "top_k", "field": "item", "k": 2},
+    {"name": "hist", "agg": "histogram", "field": "event_type", "cap": 2},
 ]
 SPEC = make_spec([view(features=FEATURES)])
 PLAN = ParsePlan.from_spec(SPEC)
@@ -64,6 +72,7 @@ def reference(records: list[dict]) -> dict:
     hi = [r["amount"] for r in records if r["amount"] is not None and r["event_type"] in ("click", "buy")]
     items = [(r["ts"], r["item"]) for r in records if r["item"] is not None]
     last_amounts = [(r["ts"], r["amount"]) for r in records if r["amount"] is not None]
+    clicked = [r["amount"] for r in records if r["amount"] is not None and r["event_type"] == "click"]
     return {
         "max_ts": max((r["ts"] for r in records), default=-1),
         "n": len(records),
@@ -78,7 +87,18 @@ def reference(records: list[dict]) -> dict:
         "last_amount": max(last_amounts)[1] if last_amounts else None,
         "items": len({i for _, i in items}),
         "amounts": sorted(amounts),
+        "var": statistics.pvariance(amounts) if amounts else None,
+        "std": statistics.pstdev(clicked) if clicked else None,
+        "first3": [i for _, i in sorted(items)[:3]] or None,
+        "last2_amount": [a for _, a in sorted(last_amounts, reverse=True)[:2]] or None,
+        "top2": [i for i, _ in ranked(i for _, i in items)[:2]] or None,
+        "hist": dict(ranked(r["event_type"] for r in records)[:2]) or None,
     }
+
+
+def ranked(values) -> list[tuple]:
+    """(value, count) by count, then value: the order of top_k and histogram."""
+    return sorted(collections.Counter(values).items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def check_quantile(value, data: list[float], q: float, eps: float) -> None:
@@ -100,7 +120,8 @@ def test_every_aggregation_matches_the_reference(records, seed):
     names = ["max_ts"] + [f["name"] for f in FEATURES]
     got = dict(zip(names, out))
     assert got["max_ts"] == ref["max_ts"]
-    for exact in ("n", "clicks", "lo", "hi", "first_item", "last_item", "last_amount"):
+    for exact in ("n", "clicks", "lo", "hi", "first_item", "last_item", "last_amount", "first3", "last2_amount",
+                  "top2", "hist"):  # top_k's sketch is exact below 768 distinct values
         assert got[exact] == ref[exact], exact
     assert abs(got["spend"] - ref["spend"]) <= 1e-6 * max(1.0, sum(abs(a) for a in ref["amounts"]))
     if ref["avg"] is None:
@@ -109,6 +130,11 @@ def test_every_aggregation_matches_the_reference(records, seed):
         assert abs(got["avg"] - ref["avg"]) <= 1e-6 * max(1.0, max(abs(a) for a in ref["amounts"]))
     assert got["items"] == ref["items"]  # HLL is exact at these cardinalities
     check_quantile(got["p90"], ref["amounts"], 0.9, eps=1e-9)  # KLL is exact below k items
+    for moment in ("var", "std"):  # population moments, merged pairwise (Chan et al.)
+        if ref[moment] is None:
+            assert got[moment] is None, moment
+        else:
+            assert abs(got[moment] - ref[moment]) <= 1e-6 * max(1.0, ref[moment]) + 1e-3, (moment, got[moment], ref[moment])
     assert isinstance(got["n"], int) and isinstance(got["items"], int)
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_aggregate import CODER, FN, PLAN, events_strategy
-from transforms.assembly import assemble_windows
+from transforms.assembly import assemble_entities, assemble_windows
 
 TILE = 1_000
 
@@ -43,6 +43,27 @@ def test_assembled_windows_equal_merged_accumulators(records, per_window):
     assert sorted(got) == sorted(ends)
     for end in ends:
         members = [tiles[s] for s in starts if end - size <= s < end]
-        assert members
         assert got[end] == merged(members), end
     assert [merged([acc]) for acc in accs] == before  # tiles are shared: left unchanged
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(events_strategy, min_size=1, max_size=6), st.sampled_from([1, 2, 5]))
+def test_many_entities_in_one_pass_equal_each_entity_alone(per_entity, per_window):
+    entities = []
+    for records in per_entity:
+        if not records:
+            continue
+        for record in records:
+            record["ts"] *= 7
+        tiles = tiles_of(records)
+        starts = sorted(tiles)
+        entities.append((starts, [tiles[s] for s in starts]))
+    if not entities:
+        return
+    size = TILE * per_window
+    alone = [assemble_windows(FN, starts, accs, TILE, size) for starts, accs in entities]
+    together = assemble_entities(FN, entities, TILE, size)
+    assert len(together) == len(alone)
+    for a, b in zip(alone, together):
+        assert (a.ends, a.max_event_times, list(a.values)) == (b.ends, b.max_event_times, list(b.values))

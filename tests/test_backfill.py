@@ -104,6 +104,7 @@ def test_backfill_writes_correct_features_everywhere(events_file, tmp_path, proj
                 assert_close(feature, line["features"][feature.name], values[feature.name])
 
 
+@pytest.mark.slow
 def test_streaming_final_panes_equal_the_backfill(events_file, tmp_path):
     events, good = events_file
     spec = load_spec(EXAMPLE_SPEC)

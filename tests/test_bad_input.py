@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 
 import pyarrow.dataset as ds
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -68,6 +69,7 @@ def _expected_ok(lines: list[bytes]) -> int:
     return ok
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(raw_garbage, min_size=5, max_size=40))
 def test_backfill_reconciles_on_fuzzed_input(tmp_path_factory, garbage):

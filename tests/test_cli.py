@@ -4,16 +4,26 @@ described in one line naming the step (exit 1)."""
 
 from __future__ import annotations
 
+import argparse
+
 import apache_beam as beam
 import pytest
 
 from conftest import EXAMPLE_SPEC, batch_options
 from pipelines import backfill_features, embed_texts, streaming_features
-from pipelines.cli import _parser, describe_failure
+from pipelines.cli import describe_failure
 from pipelines.sample_events import generate
 
 ENTRY_POINTS = {"backfill_features": backfill_features, "streaming_features": streaming_features,
                 "embed_texts": embed_texts}
+
+
+def declared_flags(option_classes) -> list[argparse.Action]:
+    """The flags the entry point's PipelineOptions classes declare (Beam's hook for them)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for options_class in option_classes:
+        options_class._add_argparse_args(parser)
+    return parser._actions
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
@@ -26,9 +36,13 @@ def test_help_lists_every_flag_grouped_with_its_text(name, capsys):
     assert out.startswith(f"usage: python -m pipelines.{name}")
     assert out.index("\ninput:\n") < out.index("\nstores:\n") < out.index("\nbehaviour:\n")
     flat = "".join(out.split())  # argparse wraps help texts (also at hyphens)
-    for action in _parser(name, "", module.OPTIONS)._actions:
+    for action in declared_flags(module.OPTIONS):
+        text = action.help
+        if action.default not in (None, False) and "default" not in text:
+            text += f" (default: {action.default})"
         assert action.option_strings[-1] in out, action.dest
-        assert "".join(action.help.split()) in flat, action.dest
+        assert "".join(text.split()) in flat, action.dest
+    assert "--verbose" in out and "-h, --help" in out
     assert "--help_beamliststhemall" in flat
 
 

@@ -11,13 +11,13 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 from apache_beam.coders import StrUtf8Coder
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import streaming_options_on
 from helpers import make_spec, ms, view
 from pipelines import backfill_features
-from transforms.backfill import files
 from transforms.dedup import DropDuplicateEvents
 from transforms.parse import ParseEvents
 
@@ -53,9 +53,11 @@ def test_streaming_drops_repeated_ids_within_the_horizon_only(engine):
     assert removed == 1 if engine != "direct" else removed >= 1
 
 
-@pytest.mark.parametrize("preaggregate", ["true", "false"])
-def test_backfill_removes_duplicates_across_split_ranges(tmp_path, monkeypatch, preaggregate):
-    monkeypatch.setattr(files, "RANGE_BYTES", 2048)  # many ranges: copies land in different ones
+RANGE_BYTES = 2048  # the backfill reads its input in ranges of this size: copies land in different ones
+
+
+@pytest.mark.parametrize("preaggregate", [True, False])
+def test_backfill_removes_duplicates_across_split_ranges(tmp_path, preaggregate):
     lines = []
     for i in range(300):
         lines.append(_event(i, f"e{i}", float(i), user=f"u{i % 3}"))
@@ -66,6 +68,8 @@ def test_backfill_removes_duplicates_across_split_ranges(tmp_path, monkeypatch, 
     lines.extend(lines[:40])  # a re-run appended to the file: 40 more copies
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(lines) + "\n")
+    ranges = -(-events.stat().st_size // RANGE_BYTES)
+    assert ranges > 10  # the appended copies sit ranges away from their originals
     data = {"project": "dedup", "source": {"timestamp_field": "ts", "id_field": "id"},
             "entities": {"user": {"join_key": "user_id"}},
             "feature_views": [{"name": "daily", "entity": "user", "window": {"type": "fixed", "size": "1d"},
@@ -74,9 +78,14 @@ def test_backfill_removes_duplicates_across_split_ranges(tmp_path, monkeypatch, 
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
     offline = tmp_path / "offline"
-    result = backfill_features.run(["--events", str(events), "--feature_spec", str(spec),
-                                    "--online_store", f"sqlite:///{tmp_path}/o.db", "--offline_store", str(offline),
-                                    "--runner", "FnApiRunner", "--preaggregate", preaggregate])
+    options = PipelineOptions(["--events", str(events), "--preaggregate", str(preaggregate).lower(),
+                               "--feature_spec", str(spec), "--online_store", f"sqlite:///{tmp_path}/o.db",
+                               "--offline_store", str(offline), "--dead_letter", str(tmp_path / "letters"),
+                               "--runner", "FnApiRunner"])
+    pipeline = beam.Pipeline(options=options)
+    backfill_features.build(pipeline, options, range_bytes=RANGE_BYTES)
+    result = pipeline.run()
+    result.wait_until_finish()
     expected_n, expected_s = defaultdict(int), defaultdict(float)
     for i in range(300):
         expected_n[f"u{i % 3}"] += 1 + (i % 50 == 0)
@@ -84,6 +93,9 @@ def test_backfill_removes_duplicates_across_split_ranges(tmp_path, monkeypatch, 
     rows = ds.dataset(offline / "daily", partitioning="hive").to_table().to_pylist()
     assert {r["user_id"]: r["n"] for r in rows} == dict(expected_n)
     assert {r["user_id"]: r["s"] for r in rows} == pytest.approx(dict(expected_s))
-    removed = sum(c.committed for c in result.metrics().query()["counters"]
-                  if c.key.metric.name == "duplicates_removed")
-    assert removed == 30 + 40
+    counters = defaultdict(int)
+    for c in result.metrics().query()["counters"]:
+        counters[c.key.metric.name] += c.committed
+    assert counters["duplicates_removed"] == 30 + 40
+    if preaggregate:  # the fast path's own ranges (the event path's are Beam's text reader's)
+        assert counters["ranges_read"] == ranges

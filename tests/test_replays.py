@@ -54,6 +54,7 @@ def test_running_the_same_backfill_twice_changes_nothing(events, tmp_path, backe
     assert sum(len(rows) for rows in once_offline.values()) > 100
 
 
+@pytest.mark.slow
 def test_replaying_the_same_stream_twice_changes_nothing(events, tmp_path):
     url = f"sqlite:///{tmp_path}/online.db"
     args = ["--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC), "--online_store", url,

@@ -40,7 +40,7 @@ def mutate(path: list, value=None, delete: bool = False) -> dict:
 @pytest.mark.parametrize("path, value, delete, message", [
     (["feature_views", 0, "features", 2, "agg"], "avgg", False,
      "shop.yaml: feature_views[0].features[2].agg: unknown aggregation (expected one of count, sum, mean, "
-     "min, max, first, last, approx_count_distinct, approx_percentile) (got 'avgg')"),
+     "min, max, first, last, approx_count_distinct, approx_percentile, variance, stddev, first_k, last_k, top_k, histogram) (got 'avgg')"),
     (["feature_views", 0, "windw"], {"type": "fixed"}, False,
      "shop.yaml: feature_views[0].windw: unknown key (got {'type': 'fixed'})"),
     (["feature_views", 0, "window", "size"], "5x", False,
@@ -83,6 +83,45 @@ def test_missing_field_and_misplaced_q_are_rejected():
         parse_spec(mutate(["feature_views", 0, "features", 6, "q"], delete=True), "s")
 
 
+@pytest.mark.parametrize("feature, message", [
+    ({"name": "f", "agg": "top_k", "field": "item_id"},
+     r"features\[7\]: top_k needs 'k' \(an integer from 1 to 1000\)"),
+    ({"name": "f", "agg": "last_k", "field": "item_id", "k": 0},
+     r"features\[7\].k: Input should be greater than or equal to 1 \(got 0\)"),
+    ({"name": "f", "agg": "first_k", "field": "item_id", "k": 2.5},
+     r"features\[7\].k: Input should be a valid integer \(got 2.5\)"),
+    ({"name": "f", "agg": "histogram", "field": "event_type"},
+     r"features\[7\]: histogram needs 'cap' \(an integer from 1 to 10000\)"),
+    ({"name": "f", "agg": "histogram", "field": "event_type", "cap": 10001},
+     r"features\[7\].cap: Input should be less than or equal to 10000 \(got 10001\)"),
+    ({"name": "f", "agg": "sum", "field": "amount", "k": 3},
+     r"features\[7\]: 'k' only applies to first_k/last_k/top_k \(agg is 'sum'\)"),
+    ({"name": "f", "agg": "top_k", "field": "item_id", "k": 3, "cap": 3},
+     r"features\[7\]: 'cap' only applies to histogram \(agg is 'top_k'\)"),
+    ({"name": "f", "agg": "variance", "field": "amount", "dtype": "string"},
+     r"features\[7\]: 'dtype' only applies to first/last/first_k/last_k \(agg is 'variance'\)"),
+])
+def test_k_and_cap_are_validated_like_q(feature, message):
+    data = copy.deepcopy(BASE)
+    data["feature_views"][0]["features"].append(feature)
+    with pytest.raises(SpecError, match=message):
+        parse_spec(data, "s")
+
+
+def test_list_and_map_features_have_their_stored_types():
+    data = copy.deepcopy(BASE)
+    data["feature_views"][0]["features"] += [
+        {"name": "a", "agg": "last_k", "field": "amount", "k": 2},
+        {"name": "b", "agg": "first_k", "field": "item_id", "k": 2},
+        {"name": "c", "agg": "top_k", "field": "amount", "k": 2},
+        {"name": "d", "agg": "histogram", "field": "item_id", "cap": 9},
+        {"name": "e", "agg": "stddev", "field": "amount"},
+    ]
+    spec = parse_spec(data, "s")
+    types = {f.name: spec.value_type(f) for f in spec.feature_views[0].features}
+    assert [types[n] for n in "abcde"] == ["double_list", "string_list", "string_list", "int64_map", "double"]
+
+
 def test_duplicates_are_rejected():
     data = copy.deepcopy(BASE)
     data["feature_views"].append(copy.deepcopy(data["feature_views"][0]))
@@ -118,5 +157,5 @@ def test_cli_prints_one_line_and_exits_non_zero_for_a_bad_spec(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"backfill_features: error: {bad}: feature_views[0].features[2].agg: unknown aggregation "
         "(expected one of count, sum, mean, min, max, first, last, approx_count_distinct, "
-        "approx_percentile) (got 'avgg')"
+        "approx_percentile, variance, stddev, first_k, last_k, top_k, histogram) (got 'avgg')"
     )

@@ -330,6 +330,7 @@ def test_backfill_bridges_a_redis_restart_and_equals_a_fault_free_run(durable_re
     assert all(record is not None for records in state.values() for record in records)
 
 
+@pytest.mark.slow
 def test_redis_gone_after_launch_fails_the_job_with_store_error(durable_redis, tmp_path, events):
     thread, errors = in_thread(kill_after_preflight_ping(durable_redis))
     with RetryLog() as retries, pytest.raises(Exception) as raised:
@@ -347,6 +348,7 @@ def test_redis_gone_after_launch_fails_the_job_with_store_error(durable_redis, t
     assert MIN_BUDGET_S <= failed - retries.times[0] < MAX_BUDGET_S + 3.0
 
 
+@pytest.mark.slow
 def test_unreachable_redis_fails_the_cli_with_one_line(tmp_path, events):
     port = free_port()  # nothing listens there
     out = subprocess.run(
@@ -405,6 +407,7 @@ def test_sqlite_write_waits_out_a_lock_held_for_a_second(tmp_path, project, busy
     store.close()
 
 
+@pytest.mark.slow
 def test_sqlite_lock_held_past_the_budget_is_a_store_error(tmp_path, project):
     path = str(tmp_path / "online.db")
     spec = two_view_spec(project)

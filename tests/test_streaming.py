@@ -38,6 +38,7 @@ def _final_panes(offline, view, key):
     return final
 
 
+@pytest.mark.slow
 def test_replay_emits_early_on_time_and_late_panes_with_correct_final_values(replay_file, tmp_path):
     events, good = replay_file
     online = f"sqlite:///{tmp_path}/online.db"

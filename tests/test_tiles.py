@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import apache_beam as beam
 import pyarrow as pa
@@ -19,9 +20,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import EXAMPLE_SPEC, batch_options
 from pipelines import backfill_features
 from pipelines.sample_events import generate
+from transforms.aggregate import FeatureViewCombineFn
 from transforms.backfill import files, tiles
+from transforms.columnar import block_lines, columnar_schema
 from transforms.io.online.registry import open_online_store
+from transforms.parse import ParsePlan, Verdicts
 from transforms.spec import load_spec
+from transforms.windows import tile_ms
 
 SESSION_VIEW = {
     "name": "user_sessions", "entity": "user", "window": {"type": "session", "gap": "2m"},
@@ -56,6 +61,7 @@ def _close(a: dict, b: dict) -> bool:
         (abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(b[k])) if isinstance(b[k], float) else a[k] == b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_tiles_equal_the_event_path_for_every_view_including_sessions(lines, tmp_path):
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(lines) + b"\n")
@@ -119,35 +125,25 @@ def test_blocks_hold_exactly_the_lines_of_their_range(pieces, crlf, range_bytes,
         ranges = files.split_files([path], range_bytes=range_bytes)
         blocks = [b for r in ranges for b in files.read_blocks(r, block_bytes=block_bytes)]
         assert all(b.endswith(b"\n") for b in blocks[:-1])
-        got = [line for b in blocks for line in tiles.block_lines(b)]
+        got = [line for b in blocks for line in block_lines(b)]
         assert got == [p.rstrip(b"\r") for p in data.split(b"\n") if p.strip()]
 
 
 def test_blocks_with_blank_lines_and_two_objects_on_a_line_match_the_event_path(tmp_path):
     """A blank line and a line Arrow reads as two rows must not cancel out in the row count."""
-    spec = load_spec(EXAMPLE_SPEC)
     event = {"event_time": 1_767_225_600_000, "user_id": "u1", "item_id": "i1", "event_type": "click",
              "amount": 2.0}
     good = json.dumps(event).encode()
     path = tmp_path / "e.jsonl"
     path.write_bytes(b"\r\n".join([good, good + good, b"   ", good, b""]) + b"\n" + good)
-    fast = tiles._ReadAndPreaggregate(spec, list(spec.feature_views), emit_events=False)
-    slow = tiles._ReadAndPreaggregate(spec, list(spec.feature_views), emit_events=False)
-    slow._columnar = None
-    results = []
-    for fn in (fast, slow):
-        fn._events_in = fn._parsed = fn._dead = fn._tiles = _NoCounter()
-        outs = list(fn.process((files.FileRange(str(path), 0, path.stat().st_size), b"")))
-        letters = sorted(o.value.reason for o in outs if isinstance(o, beam.pvalue.TaggedOutput))
-        counts = {}
-        for o in outs:
-            if not isinstance(o, beam.pvalue.TaggedOutput):
-                (view, _), (_, data) = o
-                cfn = tiles.FeatureViewCombineFn(spec, spec.view(view))
-                counts[view] = cfn.extract_output(cfn.get_accumulator_coder().decode(data))[1]
-        results.append((letters, counts))
-    assert results[0] == results[1]
-    assert len(results[0][0]) == 1 and results[0][1]["user_5m"] == 3
+    fast, fast_counts = _run(tmp_path, "fast", path, EXAMPLE_SPEC, "true")
+    slow, slow_counts = _run(tmp_path, "slow", path, EXAMPLE_SPEC, "false")
+    for key in ("events_in", "parsed", "dead_lettered"):
+        assert fast_counts[key] == slow_counts[key], key
+    assert fast_counts["dead_lettered"] == 1
+    for view, key in (("user_5m", "user_id"), ("item_1h", "item_id")):
+        assert_same_rows(_rows(fast, view, key), _rows(slow, view, key))
+    assert {r["clicks"] for r in _rows(fast, "user_5m", "user_id")} == {3}
 
 
 def test_gzip_and_parquet_inputs(lines, tmp_path):
@@ -157,36 +153,32 @@ def test_gzip_and_parquet_inputs(lines, tmp_path):
     gz.write_bytes(gzip.compress(b"\n".join(json.dumps(r).encode() for r in good)))
     parquet = tmp_path / "events.parquet"
     pq.write_table(pa.Table.from_pylist(good), parquet, row_group_size=500)
-    spec = load_spec(EXAMPLE_SPEC)
     for path in (gz, parquet):
         ranges = files.split_files([str(path)])
         assert sum(1 for r in ranges for _ in files.read_range(r)) == len(good)
-    out_gz, _ = _run(tmp_path, "gz", gz, EXAMPLE_SPEC, "true")
-    out_pq, _ = _run(tmp_path, "pq", parquet, EXAMPLE_SPEC, "true")
+    out_gz, gz_counts = _run(tmp_path, "gz", gz, EXAMPLE_SPEC, "true")
+    out_pq, pq_counts = _run(tmp_path, "pq", parquet, EXAMPLE_SPEC, "true")
+    for counts in (gz_counts, pq_counts):
+        assert (counts["parsed"], counts["dead_lettered"]) == (len(good), 0)
     for view, key in (("user_5m", "user_id"), ("item_1h", "item_id")):
         assert_same_rows(_rows(out_gz, view, key), _rows(out_pq, view, key))
-    assert spec.feature_views
 
 
-def test_assemble_windows_from_tiles_directly():
+def test_windows_assembled_from_one_tile(tmp_path):
     spec = load_spec(EXAMPLE_SPEC)
-    view = spec.view("user_5m")
-    fn = tiles.FeatureViewCombineFn(spec, view)
-    plan = tiles.ParsePlan.from_spec(spec)
-    coder = fn.get_accumulator_coder()
     # one event at minute 2.5: tile [2, 3) -> windows ending 3, 4, 5, 6, 7
-    event = plan.parse({"event_time": 150_000, "user_id": "u", "item_id": "i", "amount": 2.0,
-                        "event_type": "click"})
-    acc = fn.add_input(fn.create_accumulator(), event)
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps({"event_time": 150_000, "user_id": "u", "item_id": "i", "amount": 2.0,
+                                "event_type": "click"}) + "\n")
     with beam.Pipeline(options=batch_options()) as p:
-        out = (p | beam.Create([(("user_5m", "u"), [(120_000, coder.encode(acc))])])
-               | beam.ParDo(tiles._AssembleWindows(spec, [view])).with_outputs(tiles.NEWEST_TAG, main="rows"))
-        rows = out.rows | beam.FlatMap(lambda batch: batch)  # one list of rows per entity
+        out = p | tiles.TiledBackfill(spec, [str(path)])
+        rows = (out.row_batches | beam.FlatMap(lambda batch: batch)  # one list of rows per entity
+                | beam.Filter(lambda r: r.view == "user_5m"))
         assert_that(rows | beam.Map(lambda r: (r.window_start_ms, r.window_end_ms, r.features[0], r.features[1])),
                     equal_to([(e - 300_000, e, 1, 2.0) for e in (180_000, 240_000, 300_000, 360_000, 420_000)]))
         # the online store's row: the earliest-ending window, the one whose last period holds the event
-        assert_that(out[tiles.NEWEST_TAG] | beam.Map(lambda r: r.window_end_ms), equal_to([180_000]),
-                    label="newest")
+        newest = out.newest | beam.Filter(lambda r: r.view == "user_5m")
+        assert_that(newest | beam.Map(lambda r: r.window_end_ms), equal_to([180_000]), label="newest")
 
 
 GARBAGE = [
@@ -212,38 +204,49 @@ GARBAGE = [
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.one_of(st.sampled_from(GARBAGE), st.integers(0, 10_000)), min_size=1, max_size=300))
 def test_columnar_chunks_equal_the_event_at_a_time_parser(items):
-    """The vectorized path and the per-event parser agree on every tile and every dead letter."""
+    """The vectorized read of a JSONL range and the per-event parser (with each view's
+    CombineFn per tile) agree on every tile and every dead letter."""
+    import tempfile
+
     spec = load_spec(EXAMPLE_SPEC)
     lines = [g if isinstance(g, bytes) else json.dumps({
         "event_time": 1_767_225_600_000 + g * 997, "user_id": f"u{g % 7}", "item_id": f"i{g % 11}",
         "event_type": ["click", "view", "purchase"][g % 3], "amount": (g % 13) * 1.5 if g % 4 else None,
         "event_id": f"e{g}"}).encode() for g in items]
-    fast = tiles._ReadAndPreaggregate(spec, list(spec.feature_views), emit_events=False)
-    slow = tiles._ReadAndPreaggregate(spec, list(spec.feature_views), emit_events=False)
-    slow._columnar = None
-    assert fast._columnar is not None
+    fns = {v.name: FeatureViewCombineFn(spec, v) for v in spec.feature_views}
+    assert columnar_schema(ParsePlan.from_spec(spec)) is not None  # the spec is read column-wise
 
-    def run(fn):
-        got_tiles, letters = {}, []
-        fn._events_in = fn._parsed = fn._dead = fn._tiles = _NoCounter()
-        for out in fn._process_lines(lines):
+    fast_tiles, fast_letters = {}, []
+    read = tiles._ReadAndPreaggregate(spec, list(spec.feature_views), emit_events=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/e.jsonl"
+        with open(path, "wb") as handle:
+            handle.write(b"\n".join(lines) + b"\n")
+        for out in read.process((files.FileRange(path, 0, os.path.getsize(path)), b"")):
             if isinstance(out, beam.pvalue.TaggedOutput):
-                letters.append(out.value.reason)
+                fast_letters.append(out.value.reason)
             else:
                 (view, entity), (start, data) = out
-                cfn = tiles.FeatureViewCombineFn(spec, spec.view(view))
-                got_tiles[(view, entity, start)] = cfn.extract_output(cfn.get_accumulator_coder().decode(data))
-        return got_tiles, sorted(letters)
+                fn = fns[view]
+                fast_tiles[(view, entity, start)] = fn.extract_output(fn.get_accumulator_coder().decode(data))
 
-    fast_tiles, fast_letters = run(fast)
-    slow_tiles, slow_letters = run(slow)
-    assert fast_letters == slow_letters
+    plan = ParsePlan.from_spec(spec)
+    accs, slow_letters = {}, []
+    verdicts = Verdicts(plan.parse)
+    for line in lines:
+        event, letter = verdicts(line)
+        if letter is not None:
+            slow_letters.append(letter.reason)
+            continue
+        for view in spec.feature_views:
+            tile = tile_ms(view)
+            key = (view.name, event.keys[plan.entity_index(view.entity)], event.event_time_ms // tile * tile)
+            fn = fns[view.name]
+            accs[key] = fn.add_input(accs[key] if key in accs else fn.create_accumulator(), event)
+    slow_tiles = {key: fns[key[0]].extract_output(acc) for key, acc in accs.items()}
+
+    assert sorted(fast_letters) == sorted(slow_letters)
     assert fast_tiles.keys() == slow_tiles.keys()
     for key, values in slow_tiles.items():
         for a, b in zip(fast_tiles[key], values):
             assert a == pytest.approx(b, rel=1e-9) if isinstance(b, float) else a == b, key
-
-
-class _NoCounter:
-    def inc(self, n: int = 1) -> None:
-        pass

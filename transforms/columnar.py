@@ -11,30 +11,17 @@ equal the event path's (sums up to floating-point rounding, sketches within thei
 from __future__ import annotations
 
 import io
+import json
 import re
-from collections import deque
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
-from datasketches import hll_sketch, kll_doubles_sketch
 
-from transforms.aggregate import (
-    HLL_LG_K,
-    KLL_K,
-    FeatureViewCombineFn,
-    _Count,
-    _Distinct,
-    _First,
-    _Last,
-    _Max,
-    _Mean,
-    _Min,
-    _Percentile,
-    _Sum,
-)
+from transforms.aggregate import FeatureViewCombineFn
+from transforms.aggregations import Grouping
 from transforms.dedup import hash_ids
 from transforms.parse import MAX_DEPTH, ParsePlan
 from transforms.spec import FeatureViewSpec
@@ -121,12 +108,88 @@ def columnar_schema(plan: ParsePlan) -> Optional[pa.Schema]:
     return pa.schema(list(types.items())) if ok else None
 
 
+# -- timestamps, vectorised --------------------------------------------------------------------
+# Real logs give event times as RFC 3339 strings, often mixed with epoch-ms numbers in one file.
+# Arrow's JSON reader wants one type per column, so a block holding both gets its numbers quoted
+# first (one C-level regex substitution), marked by a leading U+0001 that no quoted value of the
+# block starts with (blocks holding the escape `\u0001` are left alone). Only JSON integers in
+# canonical form followed by `,` or `}` are quoted, so every other spelling keeps failing Arrow
+# and takes the event path as before. Strings are decided here only when they have the exact
+# shape below and denote a valid date and time; every other value becomes null and the row takes
+# the event path (datetime.fromisoformat), so both paths give every row the same verdict.
+_NUMBER_MARK = "\x01"
+_RFC3339 = (r"^(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[T ](?P<hour>\d{2}):(?P<minute>\d{2}):"
+            r"(?P<second>\d{2})(?:\.(?P<fraction>\d{1,6}))?(?P<zone>Z|[+-]\d{2}:\d{2})$")
+_DAYS_BEFORE_MONTH = np.array([0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334], dtype=np.int64)
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+class _TimestampShapes:
+    """Which JSON types the timestamp field has in a block, and the quoting of its numbers."""
+
+    def __init__(self, field: str):
+        key = re.escape(json.dumps(field).encode())
+        self.string = re.compile(key + rb"\s*:\s*\"")
+        self.number = re.compile(key + rb"\s*:\s*-?\d")
+        self.integer = re.compile(rb"(" + key + rb"\s*:\s*)(-?(?:0|[1-9]\d*))(?=\s*[,}])")
+
+    def quote_numbers(self, block: bytes) -> Optional[bytes]:
+        """The block with its integer timestamps as marked strings; None when the mark could be
+        confused with a value of the block."""
+        if b"\\u0001" in block or b"\x01" in block:
+            return None
+        return self.integer.sub(rb'\1"\\u0001\2"', block)
+
+
+def _ints(column: pa.Array) -> np.ndarray:
+    return pc.cast(pc.if_else(pc.equal(column, ""), "0", column), pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def epoch_ms(column: pa.Array, quoted: bool = False) -> pa.Array:
+    """Timestamps read as strings -> epoch ms (int64): integers marked by `quote_numbers` (when
+    `quoted`) as they are, RFC 3339
+    strings of the shape `_RFC3339` with a valid date, time and offset converted exactly as
+    `events.parse_timestamp` does; null for everything else (the event path decides those)."""
+    column = pc.fill_null(column, "")
+    marked = pc.starts_with(column, _NUMBER_MARK) if quoted else pa.array(np.zeros(len(column), dtype=bool))
+    digits = pc.utf8_slice_codeunits(column, 1)
+    is_int = pc.and_(marked, pc.match_substring_regex(digits, r"^-?\d{1,18}$"))
+    ints = pc.cast(pc.if_else(is_int, digits, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+
+    parts = pc.extract_regex(pc.if_else(marked, "", column), _RFC3339)
+    shaped = parts.is_valid().to_numpy(zero_copy_only=False)
+    year, month, day, hour, minute, second = (_ints(parts.field(name)) for name in
+                                              ("year", "month", "day", "hour", "minute", "second"))
+    micros = _ints(pc.utf8_rpad(parts.field("fraction"), width=6, padding="0"))
+    zone = parts.field("zone")
+    zone_sign = np.where(pc.starts_with(zone, "-").to_numpy(zero_copy_only=False), -1, 1)
+    zone_hours = _ints(pc.utf8_slice_codeunits(zone, 1, 3))
+    zone_minutes = _ints(pc.utf8_slice_codeunits(zone, 4, 6))
+    month_index = np.clip(month, 0, 12)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    days_in_month = _DAYS_IN_MONTH[month_index] + ((month == 2) & leap)
+    valid = (shaped & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month)
+             & (hour <= 23) & (minute <= 59) & (second <= 59) & (zone_hours <= 23) & (zone_minutes <= 59))
+    # days since 1970-01-01 of the proleptic Gregorian date (what datetime computes)
+    y = year - 1
+    days = (y * 365 + y // 4 - y // 100 + y // 400 + _DAYS_BEFORE_MONTH[month_index]
+            + ((month > 2) & leap) + day - 1) - 719162
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - zone_sign * (zone_hours * 3600 + zone_minutes * 60)
+    millis = seconds * 1000 + micros // 1000
+    is_int = is_int.to_numpy(zero_copy_only=False)
+    return pa.array(np.where(is_int, ints, millis), pa.int64(), mask=~(is_int | valid))
+
+
 class ColumnarChunks:
     """Parses chunks of JSONL lines into Arrow tables; returns the lines it leaves to the event path."""
 
     def __init__(self, plan: ParsePlan, schema: pa.Schema):
         self._plan = plan
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        ts = plan.timestamp_field
+        as_text = schema.set(schema.get_field_index(ts), pa.field(ts, pa.string()))
+        self._text_options = pj.ParseOptions(explicit_schema=as_text, unexpected_field_behavior="ignore")
+        self._shapes = _TimestampShapes(ts)
         self._exclude: Optional[np.ndarray] = None
 
     def parse_block(self, block: bytes, exclude_ids: Optional[np.ndarray] = None) -> tuple[list[pa.Table], list[bytes]]:
@@ -161,8 +224,21 @@ class ColumnarChunks:
         return tables, slow
 
     def _read(self, data: bytes) -> pa.Table:
-        return pj.read_json(io.BytesIO(data), parse_options=self._parse_options,
-                            read_options=pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1)))
+        """Whole lines -> a table whose timestamp column is epoch ms (null where undecided)."""
+        options, quoted = self._parse_options, False
+        if self._shapes.string.search(data) is not None:
+            if self._shapes.number.search(data) is not None:
+                rewritten = self._shapes.quote_numbers(data)
+                if rewritten is not None:
+                    data, options, quoted = rewritten, self._text_options, True
+            else:
+                options = self._text_options
+        table = pj.read_json(io.BytesIO(data), parse_options=options,
+                             read_options=pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1)))
+        if options is self._text_options:
+            ts = self._plan.timestamp_field
+            table = table.set_column(table.schema.get_field_index(ts), ts, epoch_ms(table[ts].combine_chunks(), quoted))
+        return table
 
     def _parse_block(self, lines: list[bytes], tables: list[pa.Table], slow: list[bytes]) -> None:
         try:
@@ -207,44 +283,24 @@ def _keys(table: pa.Table, names: list[str]) -> list[tuple]:
     return list(zip(*(table[n].to_pylist() for n in names)))
 
 
-def _lists(column: pa.ChunkedArray) -> tuple[Any, np.ndarray]:
-    """A list column as (flat values, offsets): group i's values are values[o[i]:o[i+1]]."""
-    lists = column.combine_chunks()
-    offsets = lists.offsets.to_numpy()
-    return lists.values, offsets - offsets[0]
-
-
-class _Extreme(NamedTuple):
-    """first/last as a hash min/max of one int64 column: rank of the time * n_values + rank of
-    the value, so the least/greatest (time, value) pair wins as in `_First/_Last.merge`,
-    without sorting the rows."""
-
-    column: str
-    times: list  # time of each time rank
-    values: list  # value of each value rank
-    n_values: int
-
-
 class ColumnarAggregator:
     """Arrow tables -> {(entity, tile_start): accumulator} for one view, in CombineFn layout.
 
-    One hash group-by per distinct `where` clause computes every feature of the view (counts,
-    sums, min/max, first/last, and the value lists the sketches are built from)."""
+    One hash group-by per distinct `where` clause computes every feature of the view; each
+    aggregation asks for the Arrow aggregations it needs (transforms/aggregations.py)."""
 
     def __init__(self, plan: ParsePlan, view: FeatureViewSpec, fn: FeatureViewCombineFn, tile_ms: int):
+        from transforms.parse import where_key
+
         self._plan = plan
         self._fn = fn
         self._tile = tile_ms
         self._key = next(k for name, k, _ in plan.entities if name == view.entity)
-        self._masks = {op.mask: clause for op, clause in zip(fn._ops, self._clauses(view))}
+        clauses = [where_key(f.where) if f.where else None for f in view.features]
+        self._masks = {agg.mask: clause for agg, clause in zip(fn.aggregations, clauses)}
         self._by_mask: dict[int, list[tuple[int, Any]]] = {0: []}
-        for i, op in enumerate(fn._ops, 1):
-            self._by_mask.setdefault(op.mask, []).append((i, op))
-
-    def _clauses(self, view: FeatureViewSpec) -> list:
-        from transforms.parse import where_key
-
-        return [where_key(f.where) if f.where else None for f in view.features]
+        for i, agg in enumerate(fn.aggregations, 1):
+            self._by_mask.setdefault(agg.mask, []).append((i, agg))
 
     def aggregate(self, table: pa.Table, into: dict) -> None:
         ts = table[self._plan.timestamp_field].to_numpy()
@@ -255,12 +311,12 @@ class ColumnarAggregator:
         keys = [self._key, TILE]
         fn = self._fn
         accs: dict[tuple, list] = {}
-        for mask, ops in self._by_mask.items():  # mask 0 (every row) first: it makes the tiles
+        for mask, aggs in self._by_mask.items():  # mask 0 (every row) first: it makes the tiles
             rows = self._filter(table, mask)
             if mask and not rows.num_rows:
                 continue
-            group_keys, columns = self._group(rows, keys, ops, with_time=not mask)
-            if not mask and len(ops) == len(fn._ops):  # the columns are the accumulators
+            group_keys, columns = self._group(rows, keys, aggs, with_time=not mask)
+            if not mask and len(aggs) == len(fn.aggregations):  # the columns are the accumulators
                 accs = dict(zip(group_keys, map(list, zip(*columns))))
                 continue
             if not mask:
@@ -270,7 +326,7 @@ class ColumnarAggregator:
                     accs[key][0] = max_ts
             for key, states in zip(group_keys, zip(*columns)):
                 acc = accs[key]
-                for (i, _), state in zip(ops, states):
+                for (i, _), state in zip(aggs, states):
                     acc[i] = state
         for key, acc in accs.items():
             current = into.get(key)
@@ -287,111 +343,23 @@ class ColumnarAggregator:
             keep = match if keep is None else pc.and_(keep, match)
         return table.filter(pc.fill_null(keep, False))
 
-    def _field(self, op: Any) -> str:
-        plan = self._plan
-        if isinstance(op, (_First, _Last)):
-            return plan.num_fields[op.slot] if op.values == "nums" else plan.str_fields[op.slot].name
-        if isinstance(op, _Distinct):
-            return plan.str_fields[op.slot].name
-        return plan.num_fields[op.slot]
-
-    def _group(self, rows: pa.Table, keys: list[str], ops: list[tuple[int, Any]],
+    def _group(self, rows: pa.Table, keys: list[str], aggs: list[tuple[int, Any]],
                with_time: bool) -> tuple[list[tuple], list[list]]:
-        """One group-by of `rows` by (entity, tile) -> (keys, [max time,] one state list per op)."""
+        """One group-by of `rows` by (entity, tile) -> (keys, [max time,] one state list per feature)."""
         ts = self._plan.timestamp_field
         aggregations: dict[tuple[str, str], str] = {}
 
         def want(column: str, function: str) -> str:
             return aggregations.setdefault((column, function), f"{column}_{function}")
 
-        extremes: dict[int, _Extreme] = {}
-        for i, op in ops:
-            if isinstance(op, (_First, _Last)):
-                extremes[i], ranked = self._extreme(rows, self._field(op), f"__extreme{i}")
-                rows = rows.append_column(extremes[i].column, ranked)
-        wanted = []
+        grouping = Grouping(keys, ts, want)
+        readers = []
         if with_time:
-            wanted.append(("time", want(ts, "max")))
-        for i, op in ops:
-            field = "" if isinstance(op, _Count) else self._field(op)
-            if isinstance(op, _Count):
-                wanted.append((op, want(ts, "count")))
-            elif isinstance(op, _Sum):
-                wanted.append((op, want(field, "sum")))
-            elif isinstance(op, _Mean):
-                wanted.append((op, (want(field, "sum"), want(field, "count"))))
-            elif isinstance(op, (_Min, _Max)):
-                wanted.append((op, want(field, "min" if isinstance(op, _Min) else "max")))
-            elif isinstance(op, (_First, _Last)):
-                wanted.append((extremes[i], want(extremes[i].column, "min" if isinstance(op, _First) else "max")))
-            elif isinstance(op, _Distinct):
-                wanted.append((op, want(field, "distinct")))
-            else:
-                assert isinstance(op, _Percentile), op
-                wanted.append((op, want(field, "list")))
+            time = want(ts, "max")
+            readers.append(lambda g, group_keys: g[time].to_pylist())
+        for _, agg in aggs:
+            rows, read = agg.group(rows, grouping)
+            readers.append(read)
         g = rows.group_by(keys, use_threads=False).aggregate(list(aggregations))
-        return _keys(g, keys), [_states(what, g, name) for what, name in wanted]
-
-    def _extreme(self, rows: pa.Table, field: str, column: str) -> tuple[_Extreme, pa.Array]:
-        """A ranked int64 column for first/last of `field`: dense rank of the time, times the
-        number of distinct values, plus the value's rank; null where the value is null."""
-        ts_values, ts_rank = np.unique(rows[self._plan.timestamp_field].to_numpy(), return_inverse=True)
-        column_values = rows[field].combine_chunks()
-        valid = column_values.is_valid().to_numpy(zero_copy_only=False)
-        if pa.types.is_string(column_values.type):
-            encoded = column_values.dictionary_encode()
-            order = pc.array_sort_indices(encoded.dictionary).to_numpy()
-            rank_of_code = np.empty(len(order), dtype=np.int64)
-            rank_of_code[order] = np.arange(len(order))
-            codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
-            value_rank = rank_of_code[codes] if len(order) else np.zeros(len(codes), dtype=np.int64)
-            values = encoded.dictionary.take(pa.array(order)).to_pylist()
-        else:
-            numbers = column_values.to_numpy(zero_copy_only=False)
-            values_np, value_rank = np.unique(np.where(valid, numbers, 0.0), return_inverse=True)
-            values = values_np.tolist()
-        n_values = max(len(values), 1)
-        ranked = ts_rank.astype(np.int64) * n_values + value_rank
-        return _Extreme(column, ts_values.tolist(), values, n_values), pa.array(ranked, mask=~valid)
-
-
-def _states(what: Any, g: pa.Table, name: Any) -> list:
-    if what == "time" or isinstance(what, (_Count, _Min, _Max)):
-        return g[name].to_pylist()
-    if isinstance(what, _Sum):
-        return [0.0 if v is None else v for v in g[name].to_pylist()]
-    if isinstance(what, _Mean):
-        totals, counts = g[name[0]].to_pylist(), g[name[1]].to_pylist()
-        return [(0.0, 0) if not n else (total, n) for total, n in zip(totals, counts)]
-    if isinstance(what, _Extreme):
-        times, values, n_values = what.times, what.values, what.n_values
-        return [None if r is None else (times[r // n_values], values[r % n_values]) for r in g[name].to_pylist()]
-    flat, offsets = _lists(g[name])
-    bounds = zip(offsets[:-1].tolist(), offsets[1:].tolist())
-    if isinstance(what, _Distinct):
-        strings = flat.to_pylist()
-        out = []
-        for lo, hi in bounds:
-            if lo == hi:
-                out.append(None)
-                continue
-            sketch = hll_sketch(HLL_LG_K)
-            deque(map(sketch.update, strings[lo:hi]), maxlen=0)
-            out.append(sketch)
-        return out
-    assert isinstance(what, _Percentile), what
-    # nulls -> NaN (valid values are finite); a writable copy, as the sketch's update requires
-    numbers = np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
-    has_nulls = flat.null_count > 0
-    out = []
-    for lo, hi in bounds:
-        chunk = numbers[lo:hi]
-        if has_nulls:
-            chunk = chunk[~np.isnan(chunk)]
-        if not len(chunk):
-            out.append(None)
-            continue
-        sketch = kll_doubles_sketch(KLL_K)
-        sketch.update(chunk)
-        out.append(sketch)
-    return out
+        group_keys = _keys(g, keys)
+        return group_keys, [read(g, group_keys) for read in readers]

@@ -65,13 +65,14 @@ class TiledFeaturePipeline(beam.PTransform[PBegin, TiledOutputs]):
     """The bounded fast path: files read and pre-aggregated per (entity, tile) in one pass
     (transforms/backfill/tiles.py); session views, which cannot be tiled, take the event path."""
 
-    def __init__(self, spec: FeatureSpecFile, paths: list[str]):
+    def __init__(self, spec: FeatureSpecFile, paths: list[str], range_bytes: Optional[int] = None):
         super().__init__()
         self._spec = spec
         self._paths = paths
+        self._range_bytes = range_bytes  # JSONL files are read in ranges of this size (files.RANGE_BYTES)
 
     def expand(self, pbegin: PBegin) -> TiledOutputs:
-        read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths)
+        read = pbegin | "Read tiles" >> TiledBackfill(self._spec, self._paths, self._range_bytes)
         untiled = [
             read.events | ComputeFeatures(self._spec, view)
             for view in self._spec.feature_views

@@ -157,14 +157,11 @@ class ParsePlan:
         wheres: dict[tuple, None] = {}
         for view in spec.feature_views:
             for feature in view.features:
-                kind = spec.value_type(feature)
-                if feature.agg == "approx_count_distinct":
-                    strs[StrField(feature.field, "text")] = None
-                elif feature.agg != "count":
-                    if kind == "double":
-                        nums[feature.field] = None
-                    else:
-                        strs[StrField(feature.field, "string")] = None
+                kind = _reads(spec, feature)
+                if kind == "number":
+                    nums[feature.field] = None
+                elif kind != "nothing":
+                    strs[StrField(feature.field, kind)] = None
                 if feature.where:
                     wheres[where_key(feature.where)] = None
         return cls(
@@ -188,6 +185,15 @@ class ParsePlan:
 
     def str_index(self, field: str, mode: str) -> int:
         return self.str_fields.index(StrField(field, mode))
+
+    def slot_of(self, spec: FeatureSpecFile, feature: Any) -> tuple[Optional[str], int]:
+        """Where a feature's field is in an Event: ("nums" | "strs", index), (None, 0) for count."""
+        kind = _reads(spec, feature)
+        if kind == "nothing":
+            return None, 0
+        if kind == "number":
+            return "nums", self.num_index(feature.field)
+        return "strs", self.str_index(feature.field, kind)
 
     def where_bit(self, where: Optional[dict]) -> int:
         return 0 if not where else 1 << self.where_clauses.index(where_key(where))
@@ -220,6 +226,16 @@ class ParsePlan:
                     raise BadEvent("bad_type", f"{self.id_field}: must be a string or integer (got {raw_id!r})")
                 event_id = valid_text(raw_id, self.id_field) if isinstance(raw_id, str) else str(raw_id)
         return Event(event_time_ms, event_id, keys, nums, strs, matches)
+
+
+def _reads(spec: FeatureSpecFile, feature: Any) -> str:
+    """'nothing' | 'number' | 'text' (any scalar as text) | 'string' (a JSON string only)."""
+    from transforms.aggregations import AGGREGATIONS
+
+    kind = AGGREGATIONS[feature.agg].reads
+    if kind == "value":
+        return "number" if spec.field_type(feature) == "double" else "string"
+    return kind
 
 
 def where_key(where: dict) -> tuple:

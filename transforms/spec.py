@@ -25,6 +25,7 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
+# The spec's enum of aggregations; each is one class in transforms/aggregations.py.
 AGGREGATIONS = (
     "count",
     "sum",
@@ -35,8 +36,22 @@ AGGREGATIONS = (
     "last",
     "approx_count_distinct",
     "approx_percentile",
+    "variance",
+    "stddev",
+    "first_k",
+    "last_k",
+    "top_k",
+    "histogram",
 )
-NUMERIC_AGGS = frozenset({"sum", "mean", "min", "max", "approx_percentile"})
+# The arguments some aggregations take: spec key -> the aggregations that need it.
+ARGUMENTS = {
+    "q": ("approx_percentile",),
+    "k": ("first_k", "last_k", "top_k"),
+    "cap": ("histogram",),
+}
+VALUE_AGGS = ("first", "last", "first_k", "last_k")  # stored as the field's type (`dtype`)
+MAX_K = 1000  # list features: at most this many values per window
+MAX_CAP = 10000  # histogram: at most this many distinct values stored per window
 
 
 class SpecError(ValueError):
@@ -120,20 +135,25 @@ class FeatureSpec(_Strict):
     field: Optional[str] = None
     where: Optional[dict[str, Union[Scalar, list[Scalar]]]] = None
     q: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    # Only for first/last: the stored type. Default: double when the field feeds a numeric
-    # aggregation anywhere in the spec, else string.
+    k: Optional[int] = Field(default=None, ge=1, le=MAX_K, strict=True)
+    cap: Optional[int] = Field(default=None, ge=1, le=MAX_CAP, strict=True)
+    # Only for first/last/first_k/last_k: the stored type. Default: double when the field feeds
+    # a numeric aggregation anywhere in the spec, else string.
     dtype: Optional[Literal["string", "double"]] = None
 
     @model_validator(mode="after")
     def _check_arguments(self) -> "FeatureSpec":
         if self.agg != "count" and not self.field:
             raise ValueError(f"aggregation {self.agg!r} needs a 'field'")
-        if self.agg == "approx_percentile" and self.q is None:
-            raise ValueError("approx_percentile needs 'q' in [0, 1]")
-        if self.agg != "approx_percentile" and self.q is not None:
-            raise ValueError(f"'q' only applies to approx_percentile (agg is {self.agg!r})")
-        if self.dtype is not None and self.agg not in ("first", "last"):
-            raise ValueError(f"'dtype' only applies to first/last (agg is {self.agg!r})")
+        for key, aggs in ARGUMENTS.items():
+            given = getattr(self, key) is not None
+            if self.agg in aggs and not given:
+                expected = "in [0, 1]" if key == "q" else f"(an integer from 1 to {MAX_K if key == 'k' else MAX_CAP})"
+                raise ValueError(f"{self.agg} needs {key!r} {expected}")
+            if given and self.agg not in aggs:
+                raise ValueError(f"{key!r} only applies to {'/'.join(aggs)} (agg is {self.agg!r})")
+        if self.dtype is not None and self.agg not in VALUE_AGGS:
+            raise ValueError(f"'dtype' only applies to {'/'.join(VALUE_AGGS)} (agg is {self.agg!r})")
         if self.where is not None and not self.where:
             raise ValueError("'where' must list at least one field")
         return self
@@ -216,22 +236,28 @@ class FeatureSpecFile(_Strict):
         raise SpecError(f"unknown view {name!r} (views in the spec: {known})")
 
     def numeric_fields(self) -> frozenset[str]:
+        from transforms.aggregations import AGGREGATIONS as classes
+
         return frozenset(
             f.field
             for v in self.feature_views
             for f in v.features
-            if f.agg in NUMERIC_AGGS and f.field
+            if classes[f.agg].reads == "number" and f.field
         )
 
+    def field_type(self, feature: FeatureSpec) -> str:
+        """'double' | 'string': how a first/last/first_k/last_k feature reads its field."""
+        if feature.dtype:
+            return feature.dtype
+        return "double" if feature.field in self.numeric_fields() else "string"
+
     def value_type(self, feature: FeatureSpec) -> str:
-        """'int64' | 'double' | 'string': the stored type of a feature's values."""
-        if feature.agg in ("count", "approx_count_distinct"):
-            return "int64"
-        if feature.agg in ("first", "last"):
-            if feature.dtype:
-                return feature.dtype
-            return "double" if feature.field in self.numeric_fields() else "string"
-        return "double"
+        """The stored type of a feature's values: int64 | double | string | double_list |
+        string_list | int64_map (transforms/aggregations.py says which)."""
+        from transforms.aggregations import AGGREGATIONS as classes
+
+        cls = classes[feature.agg]
+        return cls.output_type(self.field_type(feature) if cls.reads == "value" else "double")
 
 
 class _LocatedError(ValueError):

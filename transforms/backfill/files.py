@@ -141,11 +141,13 @@ class DeadLetterPayloads(beam.DoFn):
 
 class ReadEventFiles(beam.PTransform[PBegin, PCollection[Any]]):
     """JSONL (optionally compressed) or Parquet files matching a glob -> raw events. Each file
-    is read by its own format (a glob may match both)."""
+    is read by its own format (a glob may match both); JSONL files in ranges of `range_bytes`
+    (default: Beam's)."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, range_bytes: Optional[int] = None):
         super().__init__()
         self._pattern = pattern
+        self._range_bytes = range_bytes
 
     def expand(self, pbegin: PBegin) -> PCollection[Any]:
         paths = matching_files(self._pattern)
@@ -160,7 +162,9 @@ class ReadEventFiles(beam.PTransform[PBegin, PCollection[Any]]):
                 pbegin
                 | "JSONL files" >> beam.Create(text)
                 # Bytes, not str: a line that is not UTF-8 must become a dead letter, not a crash.
-                | "Read JSONL" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
+                | "Read JSONL" >> beam.io.ReadAllFromText(
+                    coder=beam.coders.BytesCoder(),
+                    **({"desired_bundle_size": self._range_bytes} if self._range_bytes else {}))
                 | "Skip blank lines" >> beam.ParDo(_SkipBlank())
             )
         return parts[0] if len(parts) == 1 else parts | "Both formats" >> beam.Flatten()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -69,21 +69,16 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
+        self._ranges = Metrics.counter("read", "ranges_read")
 
     def process(self, element: tuple[FileRange, bytes]) -> Iterable:
         """(range, hashes of its ids that repeat somewhere in the input) -> tiles and letters."""
         file_range, repeated = element
+        self._ranges.inc()
         repeated_ids = np.frombuffer(repeated, dtype=np.uint64)
         if self._columnar is None or is_parquet(file_range.path):
             return self._process_blocks((), read_range(file_range), repeated_ids)
         return self._process_blocks(read_blocks(file_range), (), repeated_ids)
-
-    def _process_lines(self, lines: Sequence[bytes]) -> Iterable:
-        """Lines (without line breaks) as one block, as the reader would pass them."""
-        none = np.zeros(0, dtype=np.uint64)
-        if self._columnar is None:
-            return self._process_blocks((), lines, none)
-        return self._process_blocks([b"\n".join(lines)] if lines else [], (), none)
 
     def _process_blocks(self, blocks: Iterable[bytes], raw_events: Iterable[Any],
                         repeated_ids: np.ndarray) -> Iterable:
@@ -279,15 +274,16 @@ class TiledRead(NamedTuple):
 
 class TiledBackfill(beam.PTransform[PBegin, TiledRead]):
     """Event files -> rows of the tileable views, parsed events for the others, and dead
-    letters, in one pass over the input."""
+    letters, in one pass over the input. JSONL files are read in ranges of `range_bytes`
+    (default RANGE_BYTES)."""
 
-    def __init__(self, spec: FeatureSpecFile, paths: list[str]):
+    def __init__(self, spec: FeatureSpecFile, paths: list[str], range_bytes: Optional[int] = None):
         super().__init__()
         self._spec = spec
         self._views = [v for v in spec.feature_views if tileable(v)]
         self._emit_events = len(self._views) < len(spec.feature_views)
         self._paths = paths
-        self._ranges = split_files(paths)
+        self._ranges = split_files(paths, range_bytes)
 
     def expand(self, pbegin: PBegin) -> TiledRead:
         ranges = (

@@ -30,6 +30,10 @@ _ARROW_TYPES = {
     "double": pa.float64(),
     "string": pa.string(),
     "float_list": pa.list_(pa.float32()),
+    "double_list": pa.list_(pa.float64()),
+    "string_list": pa.list_(pa.string()),
+    "int64_list": pa.list_(pa.int64()),
+    "int64_map": pa.map_(pa.string(), pa.int64()),
 }
 TS = pa.timestamp("us", tz="UTC")
 _DAY_MS = 86_400_000

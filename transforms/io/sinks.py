@@ -230,7 +230,7 @@ class _WriteDeadLettersFn(beam.DoFn):
         self._lines = []
 
     def process(self, letter: DeadLetter) -> None:
-        self._lines.append(_encode_letter(letter).decode("utf-8"))
+        self._lines.append(encode_letter(letter).decode("utf-8"))
 
     def finish_bundle(self) -> Iterable:
         if not self._lines:
@@ -253,7 +253,8 @@ class _WriteDeadLettersFn(beam.DoFn):
             yield beam.transforms.window.GlobalWindows.windowed_value((final, staged))
 
 
-def _encode_letter(letter: DeadLetter) -> bytes:
+def encode_letter(letter: DeadLetter) -> bytes:
+    """A dead letter as the one JSON line (or Pub/Sub message) WriteDeadLetters writes."""
     return json.dumps(letter._asdict(), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
@@ -272,7 +273,7 @@ class WriteDeadLetters(beam.PTransform[PCollection[DeadLetter], PCollection[Any]
             return (
                 letters
                 | "To Pub/Sub messages" >> beam.Map(
-                    lambda d: beam.io.PubsubMessage(_encode_letter(d), {"reason": d.reason, "stage": d.stage})
+                    lambda d: beam.io.PubsubMessage(encode_letter(d), {"reason": d.reason, "stage": d.stage})
                 )
                 | "Publish" >> beam.io.WriteToPubSub(self._destination, with_attributes=True)
             )

@@ -2,7 +2,7 @@
 
 We mirror `feast.types.Value` with the protobuf library (a private descriptor pool, so it never
 clashes with Feast's own classes when both are imported) instead of depending on Feast at run
-time. Golden values from Feast's own functions are checked in tests/test_stores.py.
+time. tests/test_feast_codec.py checks every encoder against Feast's own functions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any, Optional, Sequence
 
 import mmh3
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.timestamp_pb2 import Timestamp
 
 # feast.types.ValueType enum values used in entity key serialization.
 VALUE_TYPE_STRING = 2
@@ -47,6 +46,17 @@ def _build_value_class() -> type:
         msg.field.add(
             name="val", number=1, type=scalar, label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
         )
+    # message Map { map<string, Value> val = 1; } (feast.types.Map, Value.map_val = 20)
+    map_msg = fdp.message_type.add(name="Map")
+    entry = map_msg.nested_type.add(name="ValEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                    label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                    type_name=".beam_features.feast.Value", label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    map_msg.field.add(name="val", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                      type_name=".beam_features.feast.Map.ValEntry",
+                      label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
     value = fdp.message_type.add(name="Value")
     value.oneof_decl.add(name="val")
     for name, number, kind in _VALUE_FIELDS:
@@ -60,6 +70,10 @@ def _build_value_class() -> type:
             type_name=f".beam_features.feast.{list_type}",
             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, oneof_index=0,
         )
+    value.field.add(
+        name="map_val", number=20, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".beam_features.feast.Map", label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, oneof_index=0,
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("beam_features.feast.Value"))
@@ -85,7 +99,7 @@ def encode_value(value: Any, value_type: str) -> bytes:
 
     Scalars are written directly in protobuf wire format (a oneof member is always emitted,
     zero included) - several times faster than building a message per value on the sink's hot
-    path; tests check the bytes against the protobuf library for random values.
+    path; tests/test_feast_codec.py checks the bytes against Feast's Value proto for random values.
     """
     if value is None:
         return b""
@@ -97,27 +111,22 @@ def encode_value(value: Any, value_type: str) -> bytes:
     if value_type == "string":
         raw = str(value).encode("utf-8")
         return b"\x12" + _varint(len(raw)) + raw
-    if value_type == "float_list":
-        msg = Value()
-        msg.float_list_val.val.extend(value)
-        return msg.SerializeToString()
-    raise ValueError(f"unsupported value type {value_type!r}")
-
-
-def encode_value_protobuf(value: Any, value_type: str) -> bytes:
-    """Reference encoder through the protobuf library (used by tests)."""
-    if value is None:
-        return b""
     msg = Value()
-    if value_type == "int64":
-        msg.int64_val = int(value)
-    elif value_type == "double":
-        msg.double_val = float(value)
-    elif value_type == "string":
-        msg.string_val = str(value)
-    elif value_type == "float_list":
-        msg.float_list_val.val.extend(value)
+    if value_type in _LIST_FIELDS_OF:
+        getattr(msg, _LIST_FIELDS_OF[value_type]).val.extend(value)
+    elif value_type == "int64_map":  # histograms: a feast.types.Map of int64 Values
+        entries = msg.map_val.val
+        for key, count in value.items():
+            entries[str(key)].int64_val = int(count)
+        msg.map_val.SetInParent()
+    else:
+        raise ValueError(f"unsupported value type {value_type!r}")
     return msg.SerializeToString()
+
+
+# Our list value types -> the Feast Value field holding them.
+_LIST_FIELDS_OF = {"float_list": "float_list_val", "double_list": "double_list_val",
+                   "string_list": "string_list_val", "int64_list": "int64_list_val"}
 
 
 def decode_value(data: Optional[bytes]) -> Any:
@@ -130,6 +139,9 @@ def decode_value(data: Optional[bytes]) -> Any:
         return None
     if kind.endswith("_list_val"):
         return list(getattr(msg, kind).val)
+    if kind == "map_val":  # most frequent first, as histograms are written
+        counts = {key: decode_value(item.SerializeToString()) for key, item in msg.map_val.val.items()}
+        return dict(sorted(counts.items(), key=lambda kv: (-(kv[1] or 0), kv[0])))
     return getattr(msg, kind)
 
 
@@ -166,11 +178,6 @@ def encode_timestamp(millis: int) -> bytes:
     if nanos:
         out += b"\x10" + _varint(nanos)
     return out
-
-
-def encode_timestamp_protobuf(millis: int) -> bytes:
-    ts = Timestamp(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
-    return ts.SerializeToString()
 
 
 def ms_to_datetime(millis: int) -> dt.datetime:
