@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import make_spec, view
-from transforms.aggregate import FeatureViewCombineFn
+from transforms.combine import FeatureViewCombineFn
 from transforms.aggregations import HLL_LG_K
 from transforms.parse import ParsePlan
 

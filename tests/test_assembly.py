@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_aggregate import CODER, FN, PLAN, events_strategy
-from transforms.assembly import assemble_entities, assemble_windows
+from transforms.backfill.assembly import assemble_entities, assemble_windows
 
 TILE = 1_000
 

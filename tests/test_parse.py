@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import batch_options
 from helpers import T0, make_spec, view
-from transforms.columnar import epoch_ms
+from transforms.backfill.columnar import epoch_ms
 from transforms.parse import MAX_EPOCH_MS, BadEvent, ParseEvents, ParsePlan, parse_timestamp, payload_bytes
 from transforms.records import Event
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from helpers import make_spec, view
 from pipelines import streaming_features
-from transforms.aggregate import FeatureViewCombineFn
+from transforms.combine import FeatureViewCombineFn
 from transforms.io import offline
 from transforms.io.online.feast_codec import encode_timestamp, encode_value, serialize_entity_key
 from transforms.io.online.registry import open_online_store

@@ -20,9 +20,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import EXAMPLE_SPEC, batch_options
 from pipelines import backfill_features
 from pipelines.sample_events import generate
-from transforms.aggregate import FeatureViewCombineFn
+from transforms.combine import FeatureViewCombineFn
 from transforms.backfill import files, tiles
-from transforms.columnar import block_lines, columnar_schema
+from transforms.backfill.columnar import block_lines, columnar_schema
 from transforms.io.online.registry import open_online_store
 from transforms.parse import ParsePlan, Verdicts
 from transforms.spec import load_spec

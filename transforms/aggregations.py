@@ -42,7 +42,7 @@ FREQUENT_LG_K = 10
 
 
 class Gather(NamedTuple):
-    """The tiles of every window of one entity (built by transforms/assembly.py).
+    """The tiles of every window of one entity (built by transforms/backfill/assembly.py).
 
     `slots[k]` = (index of each window's k-th tile, whether that tile exists), oldest first;
     `lo[w]:hi[w]` is the range of window w's tiles in the entity's sorted tiles."""

@@ -13,7 +13,7 @@ from apache_beam.pvalue import PCollection
 from apache_beam.transforms import userstate, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms.aggregate import FeatureViewCombineFn
+from transforms.combine import FeatureViewCombineFn
 from transforms.parse import ParsePlan
 from transforms.records import Event, FeatureRow
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, SessionWindow

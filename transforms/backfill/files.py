@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PBegin, PCollection
 
-from transforms.columnar import block_lines
+from transforms.backfill.columnar import block_lines
 from transforms.parse import payload_bytes
 from transforms.records import DeadLetter
 

@@ -27,8 +27,8 @@ from apache_beam.pvalue import PBegin
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.aggregate import FeatureViewCombineFn
-from transforms.assembly import assemble_windows
+from transforms.combine import FeatureViewCombineFn
+from transforms.backfill.assembly import assemble_windows
 from transforms.backfill.files import (
     FileRange,
     is_parquet,
@@ -37,7 +37,7 @@ from transforms.backfill.files import (
     read_range,
     split_files,
 )
-from transforms.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
+from transforms.backfill.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
 from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
 from transforms.gcpause import gc_paused
 from transforms.parse import DEAD_LETTER_TAG, ParsePlan, Verdicts, event_timestamp

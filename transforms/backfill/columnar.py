@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from transforms.aggregate import FeatureViewCombineFn
+from transforms.combine import FeatureViewCombineFn
 from transforms.aggregations import Grouping
 from transforms.dedup import hash_ids
 from transforms.parse import MAX_DEPTH, ParsePlan

@@ -15,7 +15,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from transforms.aggregate import FeatureViewCombineFn
+from transforms.combine import FeatureViewCombineFn
 from transforms.aggregations import Gather
 
 
