@@ -1,7 +1,13 @@
-"""Read features back from the online store: one JSON line per entity.
+"""Read features back from the online store: one JSON line per entity, or a table.
 
     python -m pipelines.get_features --feature_spec shop.yaml --online_store sqlite:///online.db \
-        --view user_5m --entity u1 --entity u2
+        --view user_5m --entity u1 --entity u2 [--format json|table]
+
+Each row carries `event_timestamp` (the window's end), `created_timestamp` (when the stored pane
+was written), the window and the features; an entity without features has nulls. No Beam import:
+a call takes a fraction of a second. Exit codes: 0 answered; 2 a usage or spec error, a store
+that is not there (nothing is created) or was written with another spec; 1 the store failed
+(unreachable after retries).
 """
 
 from __future__ import annotations
@@ -9,52 +15,76 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from typing import Any, Optional, Sequence
 
-from pipelines.common import UsageError, run_main
-from transforms.io.online.feast_codec import rfc3339
-from transforms.io.online.registry import open_online_store
-from transforms.spec import load_spec
+from pipelines.cli import fail
+
+PROGRAM = "get_features"
 
 
 def get_features(spec_path: str, online_store: str, view: str, entities: Sequence[str]) -> list[dict[str, Any]]:
-    spec = load_spec(spec_path)
-    store = open_online_store(online_store, spec)
-    try:
-        layout = store.layout(view)
-        keys: list[Any] = list(entities)
-        if layout.key_dtype == "int64":
-            try:
-                keys = [int(e) for e in entities]
-            except ValueError:
-                raise UsageError(f"--entity: {layout.join_key} is an int64 key (got {entities!r})") from None
-        records = store.read(view, keys)
-    finally:
-        store.close()
-    out = []
-    for entity, record in zip(keys, records):
-        if record is None:
-            out.append({"view": view, "entity": entity, "window_start": None, "window_end": None,
-                        "features": {name: None for name in layout.feature_names}})
-        else:
-            out.append({"view": view, "entity": entity, "window_start": rfc3339(record.window_start_ms),
-                        "window_end": rfc3339(record.window_end_ms), "features": record.features})
-    return out
+    """The JSON rows `get_features` prints (the Python API is transforms.FeatureReader)."""
+    from transforms.io.online.reader import FeatureReader
+
+    with FeatureReader(spec_path, online_store) as reader:
+        return [row.to_json() for row in reader.get(view, entities)]
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as an aligned text table: entity, times, then one column per feature."""
+    features = list(rows[0]["features"]) if rows else []
+    header = ["entity", "event_timestamp", "created_timestamp", *features]
+    body = [[_cell(row["entity"]), _cell(row["event_timestamp"]), _cell(row["created_timestamp"]),
+             *(_cell(row["features"].get(name)) for name in features)] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                     for line in [header, *body])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return str(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{PROGRAM}", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--feature_spec", required=True, help="Path to the feature spec YAML the store was written with.")
+    parser.add_argument("--online_store", required=True,
+                        help="sqlite:///path/online.db or redis://[user:password@]host:port/db, rediss://...")
+    parser.add_argument("--view", required=True, help="Feature view (or embedding) name from the spec.")
+    parser.add_argument("--entity", action="append", required=True,
+                        help="Entity key; repeat the flag for several entities.")
+    parser.add_argument("--format", choices=("json", "table"), default="json",
+                        help="json: one JSON object per line (default); table: aligned columns.")
+    parser.add_argument("--verbose", action="store_true", help="On a store failure, print the full traceback too.")
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="get_features", description=__doc__.splitlines()[0])
-    parser.add_argument("--feature_spec", required=True)
-    parser.add_argument("--online_store", required=True)
-    parser.add_argument("--view", required=True)
-    parser.add_argument("--entity", action="append", required=True)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)  # usage errors: argparse's message, exit 2
+    from transforms.io.online.base import StoreError, StoreNotFoundError
+    from transforms.spec import SpecError
 
-    def _main() -> None:
-        for line in get_features(args.feature_spec, args.online_store, args.view, args.entity):
-            print(json.dumps(line))
-
-    run_main("get_features", _main)
+    try:
+        rows = get_features(args.feature_spec, args.online_store, args.view, args.entity)
+    except (SpecError, StoreNotFoundError, ValueError) as err:
+        fail(PROGRAM, str(err))
+    except StoreError as err:
+        if args.verbose:
+            traceback.print_exc()
+        fail(PROGRAM, str(err), code=1)
+    if args.format == "table":
+        print(format_table(rows))
+    else:
+        print("\n".join(json.dumps(row) for row in rows))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ def test_redis_layout_is_feasts_and_ttl_is_set(redis_url, project):
     assert stored[feature_field("user_5m", "clicks")] == encode_value(5, "int64")
     assert stored[feature_field("user_5m", "last_item")] == encode_value("i9", "string")
     assert stored[b"_ts:user_5m"] == encode_timestamp(300_000)
-    assert stored[b"_win:user_5m"] == b"300000:0:0"
+    window_end, pane, window_start, created = stored[b"_win:user_5m"].split(b":")  # created: write time, ms
+    assert (window_end, pane, window_start) == (b"300000", b"0", b"0")
+    assert abs(int(created) / 1000 - time.time()) < 60
     assert 3_590_000 < client.pttl(key) <= 3_600_000
     store.close()
 

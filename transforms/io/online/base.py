@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar
+from typing import Any, Callable, Container, NamedTuple, Optional, Sequence, TypeVar
 
 from transforms.records import FeatureRow, ViewLayout, layouts
 from transforms.spec import FeatureSpecFile, SpecError
@@ -25,11 +25,27 @@ class StoreError(RuntimeError):
     """The store cannot be used (bad URL, unreachable after retries); message is safe to print."""
 
 
+class StoreConfigError(StoreError, ValueError):
+    """The --online_store URL is malformed or unsupported: a usage error (exit 2), never retried."""
+
+
+class StoreNotFoundError(StoreError):
+    """A reader found no store, or not this spec's views in it (a wrong path or URL, or a store
+    written with another spec): a usage error, not a failure to retry."""
+
+
 class OnlineRecord(NamedTuple):
     window_start_ms: int
     window_end_ms: int
     pane_index: int
     features: dict[str, Any]
+
+
+class StoredRecord(NamedTuple):
+    """A read with what readers show beside the values: when the stored pane was written."""
+
+    record: OnlineRecord
+    created_ms: Optional[int]  # None in Redis keys written before created times were kept
 
 
 class WriteResult(NamedTuple):
@@ -55,6 +71,11 @@ class OnlineStore:
         raise NotImplementedError
 
     def read(self, view: str, entities: Sequence[Any]) -> list[Optional[OnlineRecord]]:
+        return [stored.record if stored else None for stored in self.read_stored(view, entities)]
+
+    def read_stored(self, view: str, entities: Sequence[Any]) -> list[Optional[StoredRecord]]:
+        """One batch of entities in a few round trips; None for an unknown (or expired) entity.
+        A store opened `read_only` raises StoreNotFoundError when the view is not in it."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -65,6 +86,15 @@ class OnlineStore:
             return self.views[view]
         except KeyError:
             raise SpecError(f"unknown view {view!r} (views: {', '.join(self.views)})") from None
+
+
+def check_complete(layout: ViewLayout, stored: Container[str], where: str) -> None:
+    """Every write stores every feature of its view: a stored entity without one of them means the
+    store was written with another spec (the same view name, other features)."""
+    missing = [name for name in layout.feature_names if name not in stored]
+    if missing:
+        raise StoreNotFoundError(f"--online_store: {where} holds view {layout.name!r} without feature(s) "
+                                 f"{', '.join(missing)}: written with another spec?")
 
 
 def with_retries(

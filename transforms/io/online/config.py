@@ -10,7 +10,7 @@ import os
 import urllib.parse
 from pydantic import BaseModel, ConfigDict
 
-from transforms.io.online.base import StoreError
+from transforms.io.online.base import StoreConfigError
 
 _SECRET_QUERY_KEYS = frozenset({"password", "ssl_password"})
 
@@ -54,7 +54,7 @@ class SqliteConfig(BaseModel):
     @classmethod
     def from_url(cls, url: str) -> "SqliteConfig":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
-            raise StoreError(f"--online_store: expected sqlite:///path/online.db (got {url!r})")
+            raise StoreConfigError(f"--online_store: expected sqlite:///path/online.db (got {url!r})")
         return cls(path=url[len("sqlite:///"):])
 
 
@@ -99,7 +99,7 @@ class RedisConfig(BaseModel):
         # of the URL would be misread, and must not be echoed in an error either.
         if ("@" in url and "@" not in parts.netloc) or (
                 parts.scheme in ("redis", "rediss") and not (parts.hostname and port_ok)):
-            raise StoreError(f"--online_store: cannot parse Redis URL {self.redacted!r}: expected "
+            raise StoreConfigError(f"--online_store: cannot parse Redis URL {self.redacted!r}: expected "
                              "redis[s]://[user:password@]host:port/db; percent-encode @ : / ? # "
                              "in the user name, the password and query values")
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
@@ -107,16 +107,16 @@ class RedisConfig(BaseModel):
         unknown = sorted(set(query) - allowed)
         if unknown:
             hint = " (TLS options need rediss://)" if set(unknown) & _TLS_OPTIONS else ""
-            raise StoreError(f"--online_store: unsupported parameter(s) {', '.join(unknown)} in "
+            raise StoreConfigError(f"--online_store: unsupported parameter(s) {', '.join(unknown)} in "
                              f"{self.redacted!r}{hint}; supported: {', '.join(sorted(allowed))}")
         reqs = query.get("ssl_cert_reqs", ["required"])[-1]
         if reqs not in ("required", "optional", "none"):
-            raise StoreError(
+            raise StoreConfigError(
                 f"--online_store: ssl_cert_reqs must be required, optional or none (got {reqs!r})")
         for name in _TLS_FILES:
             for path in query.get(name, []):
                 if not os.path.isfile(path):
-                    raise StoreError(f"--online_store: {name} file not found: {path!r}")
+                    raise StoreConfigError(f"--online_store: {name} file not found: {path!r}")
 
 
 def store_config(url: str) -> "SqliteConfig | RedisConfig":
@@ -126,7 +126,7 @@ def store_config(url: str) -> "SqliteConfig | RedisConfig":
         return SqliteConfig.from_url(url)
     if scheme in ("redis", "rediss", "unix"):
         return RedisConfig.from_url(url)
-    raise StoreError(
+    raise StoreConfigError(
         f"--online_store: unsupported URL {redact_url(url)!r} "
         "(expected sqlite:///path/online.db, redis://host:port/db or rediss://host:port/db)"
     )

@@ -2,8 +2,13 @@
 
 Key: Feast entity key v3 + project. Hash fields: murmur3 of `view:feature` -> Feast Value bytes,
 `_ts:view` -> protobuf Timestamp (window end). Our bookkeeping field `_win:view` holds
-"window_end_ms:pane_index:window_start_ms"; Feast ignores fields it does not ask for.
-Each row is one Lua script call (atomic compare-and-set); a batch is one pipelined round trip.
+"window_end_ms:pane_index:window_start_ms:created_ms" (created: when the pane was written; Feast's
+Redis layout keeps no created time); Feast ignores fields it does not ask for.
+A batch is one Lua script call (an atomic compare-and-set per row), one round trip.
+
+Beside the entity keys, the hash `feature_pipelines:<project>` maps each view written to its
+feature names (set once per writer and view), so that a reader tells "not in this store / written
+with another spec" (StoreNotFoundError) from "no features for this entity yet" (None).
 
 URL forms (`--online_store`, checked by config.RedisConfig); a query parameter we do not know is an
 error, not ignored:
@@ -22,6 +27,7 @@ Percent-encode `@ : / ? #` in user names and passwords (`p@ss` -> `p%40ss`).
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import redis
@@ -31,8 +37,11 @@ from redis.retry import Retry
 from transforms.io.online.base import (
     OnlineRecord,
     OnlineStore,
+    StoredRecord,
     StoreError,
+    StoreNotFoundError,
     WriteResult,
+    check_complete,
     with_retries,
 )
 from transforms.io.online.config import RedisConfig
@@ -48,18 +57,20 @@ from transforms.spec import FeatureSpecFile
 
 T = TypeVar("T")
 
+REGISTRY_PREFIX = "feature_pipelines:"
+
 # KEYS[1] entity key. ARGV: win field, window end ms, pane index, win value, ttl ms, then
 # field/value pairs. Returns 1 when written, 0 when the stored window/pane is newer, 2 when it is
 # the same (a replay - or our own earlier attempt at this batch, if the reply was lost).
 _UPSERT = """
 -- One call per batch. KEYS: one entity key per row. ARGV, per row: a header
--- "n:window_end_ms:pane_index:window_start_ms:ttl_ms:view", the _ts value, then n feature
+-- "n:window_end_ms:pane_index:window_start_ms:ttl_ms:created_ms:view", the _ts value, then n feature
 -- field/value pairs. Returns per row 1 written, 0 stored window/pane newer, 2 the same pane.
 local results = {}
 local a = 1
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local n, es, ps, ss, ttl, view = string.match(ARGV[a], '^(%d+):(%d+):(%d+):(%d+):(%d+):(.*)$')
+  local n, es, ps, ss, ttl, cs, view = string.match(ARGV[a], '^(%d+):(%d+):(%d+):(%d+):(%d+):(%d+):(.*)$')
   n = tonumber(n); ttl = tonumber(ttl)
   local ne, np = tonumber(es), tonumber(ps)
   local winf = '_win:' .. view
@@ -77,7 +88,7 @@ for i = 1, #KEYS do
     -- leave a key that a view without ttl made persistent as it is (PTTL: -2 new, -1 no expiry).
     local pttl = 0
     if ttl > 0 then pttl = redis.call('PTTL', key) end
-    redis.call('HSET', key, winf, es .. ':' .. ps .. ':' .. ss, '_ts:' .. view, ts, unpack(ARGV, first, last))
+    redis.call('HSET', key, winf, es .. ':' .. ps .. ':' .. ss .. ':' .. cs, '_ts:' .. view, ts, unpack(ARGV, first, last))
     if ttl > 0 and (pttl == -2 or (pttl >= 0 and pttl < ttl)) then redis.call('PEXPIRE', key, ttl) end
   end
   results[i] = status
@@ -104,8 +115,9 @@ def _is_permanent(err: BaseException) -> bool:
 
 class RedisOnlineStore(OnlineStore):
     def __init__(self, url: Union[str, RedisConfig], spec: FeatureSpecFile,
-                 views: Optional[dict[str, ViewLayout]] = None):
+                 views: Optional[dict[str, ViewLayout]] = None, read_only: bool = False):
         super().__init__(spec, views)
+        self.read_only = read_only
         config = url if isinstance(url, RedisConfig) else RedisConfig.from_url(url)
         url = config.url
         self.url = config.redacted
@@ -124,6 +136,9 @@ class RedisOnlineStore(OnlineStore):
         self._upsert = self._client.register_script(_UPSERT)
         self._field_cache: dict[str, tuple[bytes, ...]] = {}
         self._project = spec.project.encode("utf-8")
+        self._registry = f"{REGISTRY_PREFIX}{spec.project}"
+        self._registered: set[str] = set()  # views this writer has put in the registry
+        self._checked: set[str] = set()  # views this reader found in the registry
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self.url!r}, project={self.project!r})"
@@ -160,14 +175,24 @@ class RedisOnlineStore(OnlineStore):
             self._field_cache[view] = fields
         return fields
 
+    def _register(self, views: set[str]) -> None:
+        """Put views this writer has not registered yet in the project's registry hash."""
+        new = views - self._registered
+        if new:
+            self._client.hset(self._registry, mapping={
+                view: ",".join(self.layout(view).feature_names) for view in sorted(new)})
+            self._registered |= new
+
     def _write_once(self, rows: Sequence[FeatureRow], retried: bool = False) -> WriteResult:
+        self._register({row.view for row in rows})
         keys: list[bytes] = []
         args: list[Any] = []
+        created_ms = int(time.time() * 1000)
         for row in rows:
             layout = self.layout(row.view)
             keys.append(self._key(layout, row.entity))
             header = (f"{len(layout.feature_names)}:{row.window_end_ms}:{row.pane_index}:"
-                      f"{row.window_start_ms}:{(layout.ttl_seconds or 0) * 1000}:{row.view}")
+                      f"{row.window_start_ms}:{(layout.ttl_seconds or 0) * 1000}:{created_ms}:{row.view}")
             args += (header.encode(), encode_timestamp(row.window_end_ms))
             for field, kind, value in zip(self._fields(row.view), layout.value_types, row.features):
                 args += (field, encode_value(value, kind))
@@ -178,24 +203,45 @@ class RedisOnlineStore(OnlineStore):
         written = sum(1 for r in results if r in done)
         return WriteResult(written, len(results) - written)
 
-    def read(self, view: str, entities: Sequence[Any]) -> list[Optional[OnlineRecord]]:
+    def _check_view(self, view: str) -> None:
+        """A reader's check, once per view: the registry names the view with the spec's features."""
+        if not self.read_only or view in self._checked:
+            return
+        registered = self._retrying(lambda: self._client.hgetall(self._registry))
+        views = {k.decode(): v.decode() for k, v in registered.items()}
+        where = f"Redis {self.url}"
+        if view not in views:
+            raise StoreNotFoundError(
+                f"--online_store: {where} has no view {view!r} of project {self.project!r}: written with "
+                f"another spec? (views of {self.project!r} in it: {', '.join(sorted(views)) or 'none'})")
+        check_complete(self.layout(view), views[view].split(","), where)
+        self._checked.add(view)
+
+    def read_stored(self, view: str, entities: Sequence[Any]) -> list[Optional[StoredRecord]]:
         layout = self.layout(view)
-        fields = [feature_field(view, name) for name in layout.feature_names] + [f"_win:{view}"]
+        self._check_view(view)
+        names = layout.feature_names
+        fields = [*self._fields(view), f"_win:{view}".encode()]
+        keys = [self._key(layout, entity) for entity in entities]
 
         def _read() -> list:
+            # HMGET per key, pipelined: one round trip per batch (what Feast's reader sends too).
             pipe = self._client.pipeline(transaction=False)
-            for entity in entities:
-                pipe.hmget(self._key(layout, entity), fields)
+            for key in keys:
+                pipe.hmget(key, fields)
             return pipe.execute()
 
-        out: list[Optional[OnlineRecord]] = []
+        out: list[Optional[StoredRecord]] = []
         for values in self._retrying(_read):
-            if values[-1] is None:
+            win = values[-1]
+            if win is None:
                 out.append(None)
                 continue
-            end, pane, start = (int(x) for x in values[-1].split(b":"))
-            features = {name: decode_value(v) for name, v in zip(layout.feature_names, values)}
-            out.append(OnlineRecord(start, end, pane, features))
+            if self.read_only and None in values:
+                check_complete(layout, [n for n, v in zip(names, values) if v is not None], f"Redis {self.url}")
+            end, pane, start, *created = (int(x) for x in win.split(b":"))
+            features = {name: decode_value(v) for name, v in zip(names, values)}
+            out.append(StoredRecord(OnlineRecord(start, end, pane, features), created[0] if created else None))
         return out
 
     def close(self) -> None:

@@ -12,14 +12,17 @@ from transforms.spec import FeatureSpecFile
 
 
 def open_online_store(
-    url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None
+    url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None, read_only: bool = False
 ) -> OnlineStore:
-    """sqlite:///path.db (embedded default) | redis://[user:password@]host:port/db | rediss://..."""
+    """sqlite:///path.db (embedded default) | redis://[user:password@]host:port/db | rediss://...
+
+    `read_only`: for readers; creates nothing, and a missing database or a view the store does not
+    hold raises StoreNotFoundError."""
     config = store_config(url)
     if isinstance(config, RedisConfig):
         from transforms.io.online.redis import RedisOnlineStore
 
-        return RedisOnlineStore(config, spec, views)
+        return RedisOnlineStore(config, spec, views, read_only=read_only)
     from transforms.io.online.sqlite import SqliteOnlineStore
 
-    return SqliteOnlineStore(config, spec, views)
+    return SqliteOnlineStore(config, spec, views, read_only=read_only)

@@ -8,6 +8,10 @@ batch is one `BEGIN IMMEDIATE` transaction: atomic, and safe with several writer
 A writer that finds the database locked waits in SQLite's busy handler (`busy_timeout`, 5 s),
 then retries with backoff (`with_retries`): about 35 s in all before a StoreError. Readers never
 wait: in WAL mode they read the last committed state while a write is under way.
+
+Opened `read_only` (readers: `FeatureReader`, `get_features`), the database must exist and hold
+the view's tables: nothing is created, and a wrong path or a store written with another spec is a
+StoreNotFoundError instead of an empty store that reads as all nulls.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 from transforms.io.online.base import (
     OnlineRecord,
     OnlineStore,
+    StoredRecord,
     StoreError,
+    StoreNotFoundError,
     WriteResult,
+    check_complete,
     with_retries,
 )
 from transforms.io.online.config import SqliteConfig
@@ -54,9 +61,15 @@ def _is_permanent(err: BaseException) -> bool:
 
 class SqliteOnlineStore(OnlineStore):
     def __init__(self, url: Union[str, SqliteConfig], spec: FeatureSpecFile,
-                 views: Optional[dict[str, ViewLayout]] = None, busy_timeout: float = 5.0):
+                 views: Optional[dict[str, ViewLayout]] = None, busy_timeout: float = 5.0,
+                 read_only: bool = False):
         super().__init__(spec, views)
         self.path = (url if isinstance(url, SqliteConfig) else SqliteConfig.from_url(url)).path
+        self.read_only = read_only
+        self._meta = _quote(f"{self.project}__windows")
+        if read_only:
+            self._conn = self._open_existing()
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             # A DoFn instance serves one bundle at a time, but Beam may run bundles (and teardown)
@@ -66,9 +79,32 @@ class SqliteOnlineStore(OnlineStore):
             )
         except sqlite3.Error as err:
             raise StoreError(f"--online_store: cannot open SQLite database {self.path!r}: {err}") from err
-        self._meta = _quote(f"{self.project}__windows")
         # Switching to WAL needs a moment without other writers, like creating the tables.
         self._retrying(self._create_tables)
+
+    def _open_existing(self) -> sqlite3.Connection:
+        """A reader's connection: mode=rw never creates the file (a typo'd path must not leave an
+        empty database behind), and the tables are checked, not created."""
+        if not os.path.isfile(self.path):
+            raise StoreNotFoundError(f"--online_store: no SQLite database at {self.path!r}")
+        try:
+            conn = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=rw", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as err:
+            raise StoreNotFoundError(f"--online_store: {self.path!r} is not a readable SQLite database: {err}") from err
+        self._tables = tables
+        return conn
+
+    def _check_view(self, view: str) -> None:
+        if not self.read_only:
+            return
+        missing = [name for name in (f"{self.project}__windows", f"{self.project}_{view}") if name not in self._tables]
+        if missing:
+            projects = sorted(t[:-len("__windows")] for t in self._tables if t.endswith("__windows"))
+            raise StoreNotFoundError(
+                f"--online_store: {self.path!r} has no table {missing[-1]!r} (view {view!r} of project "
+                f"{self.project!r}): written with another spec? (projects in it: {', '.join(projects) or 'none'})")
 
     def __repr__(self) -> str:
         return f"SqliteOnlineStore({self.path!r}, project={self.project!r})"
@@ -151,28 +187,39 @@ class SqliteOnlineStore(OnlineStore):
             raise
         return WriteResult(written, stale)
 
-    def read(self, view: str, entities: Sequence[Any]) -> list[Optional[OnlineRecord]]:
+    # SQLite's default limit on bound parameters is 32766 (999 before 3.32): stay well below.
+    _CHUNK = 900
+
+    def read_stored(self, view: str, entities: Sequence[Any]) -> list[Optional[StoredRecord]]:
         layout = self.layout(view)
+        self._check_view(view)
+        keys = [serialize_entity_key([layout.join_key], [e], [layout.key_dtype]) for e in entities]
+        metas: dict[bytes, tuple] = {}
+        values: dict[bytes, dict[str, Optional[bytes]]] = {}
+        for i in range(0, len(keys), self._CHUNK):
+            chunk = list(dict.fromkeys(keys[i:i + self._CHUNK]))
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                    f"SELECT entity_key, window_start, window_end, pane_index, written_at FROM {self._meta} "
+                    f"WHERE view = ? AND entity_key IN ({marks})", (view, *chunk)):
+                metas[row[0]] = row[1:]
+            for key, name, value in self._conn.execute(
+                    f"SELECT entity_key, feature_name, value FROM {self._table(view)} WHERE entity_key IN ({marks})",
+                    chunk):
+                values.setdefault(key, {})[name] = value
         now_ms = int(time.time() * 1000)
-        out: list[Optional[OnlineRecord]] = []
-        for entity in entities:
-            key = serialize_entity_key([layout.join_key], [entity], [layout.key_dtype])
-            meta = self._conn.execute(
-                f"SELECT window_start, window_end, pane_index, written_at FROM {self._meta} "
-                "WHERE view = ? AND entity_key = ?",
-                (view, key),
-            ).fetchone()
+        out: list[Optional[StoredRecord]] = []
+        for key in keys:
+            meta = metas.get(key)
             # Honour ttl like Redis key expiry: counted from the last write.
             if meta is None or (layout.ttl_seconds and meta[3] + layout.ttl_seconds * 1000 < now_ms):
                 out.append(None)
                 continue
-            values = dict(
-                self._conn.execute(
-                    f"SELECT feature_name, value FROM {self._table(view)} WHERE entity_key = ?", (key,)
-                ).fetchall()
-            )
-            features = {name: decode_value(values.get(name)) for name in layout.feature_names}
-            out.append(OnlineRecord(meta[0], meta[1], meta[2], features))
+            stored = values.get(key, {})
+            if self.read_only:
+                check_complete(layout, stored, repr(self.path))
+            features = {name: decode_value(stored.get(name)) for name in layout.feature_names}
+            out.append(StoredRecord(OnlineRecord(meta[0], meta[1], meta[2], features), meta[3]))
         return out
 
     def close(self) -> None:
