@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import sys
+import time
 import traceback
 from typing import Optional, Sequence
 
@@ -16,7 +17,7 @@ from pipelines.cli import check_flags, describe_failure, fail, handle_help
 from transforms.io.online.base import StoreError
 from transforms.io.online.config import redact_url
 from transforms.io.online.registry import open_online_store
-from transforms.spec import FeatureSpecFile, SpecError
+from transforms.spec import FeatureSpecFile, SpecError, load_spec
 
 _LOG = logging.getLogger(__name__)
 LOCAL_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "fnapirunner", "prismrunner",
@@ -209,10 +210,13 @@ def engine_name(result: beam.runners.runner.PipelineResult, options: Optional[Pi
 
 def report(result: beam.runners.runner.PipelineResult, options: Optional[PipelineOptions] = None,
            out=None) -> dict[str, int]:
-    """Print the engine that ran and the pipeline's counters (events in, parsed, dead letters,
-    panes, writes) to `out` (default: stderr)."""
+    """Print the engine that ran, the run's summary table (pipelines.summary.run_summary) and every
+    counter, to `out` (default: stderr). Returns the counters."""
+    from pipelines.summary import run_summary
+
     out = out or sys.stderr
-    print(f"engine: {engine_name(result, options)}", file=out)
+    engine = engine_name(result, options)
+    print(f"engine: {engine}", file=out)
     counters: dict[str, int] = {}
     try:
         for counter in result.metrics().query()["counters"]:
@@ -222,10 +226,22 @@ def report(result: beam.runners.runner.PipelineResult, options: Optional[Pipelin
         _LOG.info("metrics unavailable: %s", err)
         return counters
     if counters:
-        print("metrics:", file=out)
+        spec = None
+        path = options.view_as(FeatureStoreOptions).feature_spec if options is not None else None
+        if path:
+            try:
+                spec = load_spec(path)
+            except SpecError:
+                spec = None
+        elapsed = time.monotonic() - _STARTED[0] if _STARTED else None
+        print("\n".join(run_summary(counters, spec, elapsed, engine)), file=out)
+        print("counters:", file=out)
         for key in sorted(counters):
             print(f"  {key:45s} {counters[key]:>12,}", file=out)
     return counters
+
+
+_STARTED: list[float] = []  # when run_main started the entry point (for the summary's elapsed time)
 
 
 def run_main(program: str, main, argv: Optional[Sequence[str]] = None, options: Sequence[type] = (),
@@ -234,6 +250,7 @@ def run_main(program: str, main, argv: Optional[Sequence[str]] = None, options: 
     other user mistakes are one line and exit 2; a failed run is one line naming the step and the
     cause, exit 1 (the traceback too with --verbose)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _STARTED[:] = [time.monotonic()]
     if options:
         handle_help(program, description, options, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

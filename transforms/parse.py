@@ -413,6 +413,33 @@ def event_timestamp(event: Event) -> Timestamp:
     return Timestamp(micros=event.event_time_ms * 1000)
 
 
+class FieldCounters:
+    """Per field a feature reads, the parsed events in which it had no value (absent or null):
+    counter `fields.no_value.<field>`. A field without a value in every event is almost always a
+    typo in the spec (the summary warns; `pipelines.check_spec` checks before a run). Declared
+    once, with the reader."""
+
+    def __init__(self, plan: ParsePlan):
+        slots: dict[str, list[tuple[str, int]]] = {}
+        for i, name in enumerate(plan.num_fields):
+            slots.setdefault(name, []).append(("nums", i))
+        for i, field in enumerate(plan.str_fields):
+            slots.setdefault(field.name, []).append(("strs", i))
+        self._slots = [(name, where, Metrics.counter("fields", f"no_value.{name}")) for name, where in slots.items()]
+
+    def count(self, event: Event) -> None:
+        for _, where, counter in self._slots:
+            if all(getattr(event, values)[i] is None for values, i in where):
+                counter.inc()
+
+    def count_table(self, table: Any) -> None:
+        """The same for rows the fast path parsed with Arrow (a column per field)."""
+        for name, _, counter in self._slots:
+            missing = table[name].null_count if name in table.column_names else table.num_rows
+            if missing:
+                counter.inc(missing)
+
+
 class _ParseFn(beam.DoFn):
     def __init__(self, plan: ParsePlan, timestamp_from_element: bool, clock: Optional[str],
                  views: Sequence[FeatureViewSpec] = ()):
@@ -426,6 +453,7 @@ class _ParseFn(beam.DoFn):
         self._dead = Metrics.counter("parse", "dead_lettered")
         self._too_late = Metrics.counter("parse", "too_late_events")
         self._too_late_all = Metrics.counter("parse", "too_late_for_every_view")
+        self._fields = FieldCounters(plan)
 
     def process(self, raw: Any, timestamp=beam.DoFn.TimestampParam) -> Iterable:
         self._events_in.inc()
@@ -440,6 +468,7 @@ class _ParseFn(beam.DoFn):
             yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
             return
         self._parsed.inc()
+        self._fields.count(event)
         if arrival_ms is not None:
             event = event._replace(arrival_ms=arrival_ms)
             late = too_late_views(self._views, event.event_time_ms, arrival_ms)

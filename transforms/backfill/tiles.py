@@ -41,7 +41,7 @@ from transforms.backfill.columnar import ColumnarAggregator, ColumnarChunks, blo
 from transforms.combine import FeatureViewCombineFn
 from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
 from transforms.gcpause import gc_paused
-from transforms.parse import DEAD_LETTER_TAG, ParsePlan, Verdicts, event_timestamp
+from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts, event_timestamp
 from transforms.records import Event, FeatureRow, layouts
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
 from transforms.windows import is_current_window, tile_ms, tile_start, tileable
@@ -70,6 +70,7 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._parsed = Metrics.counter("parse", "parsed")
         self._dead = Metrics.counter("parse", "dead_lettered")
         self._tiles = Metrics.counter("tiles", "tiles_emitted")
+        self._fields = FieldCounters(self._plan)
         self._ranges = Metrics.counter("read", "ranges_read")
 
     def process(self, element: tuple[FileRange, bytes]) -> Iterable:
@@ -96,6 +97,7 @@ class _ReadAndPreaggregate(beam.DoFn):
                     table = pa.concat_tables(tables)  # bisected blocks: one group-by, not many
                     counts[0] += table.num_rows
                     counts[1] += table.num_rows
+                    self._fields.count_table(table)
                     with gc_paused():
                         for aggregator, view_tiles in zip(self._aggregators, tiles):
                             aggregator.aggregate(table, view_tiles)
@@ -125,6 +127,7 @@ class _ReadAndPreaggregate(beam.DoFn):
                 yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
                 continue
             counts[1] += 1
+            self._fields.count(event)
             events.append(event)
         repeated = self._repeated
         if repeated is not None and events:

@@ -142,6 +142,7 @@ class _WriteOfflineFn(beam.DoFn):
         self._count = 0
         self._rows = Metrics.counter("offline_store", "rows_written")
         self._files = Metrics.counter("offline_store", "files_written")
+        self._view_rows = {view: Metrics.counter("offline_store", f"rows_written.{view}") for view in views}
 
     def start_bundle(self) -> None:
         self._buffer = defaultdict(list)
@@ -170,6 +171,7 @@ class _WriteOfflineFn(beam.DoFn):
             paths = offline.write_rows(root, self._views[view], rows, self._to_table, prefix)
             self._files.inc(len(paths))
             self._rows.inc(len(rows))
+            self._view_rows[view].inc(len(rows))
             if commit:
                 for path in paths:
                     yield commit.final_path(self._root, root, path), path
