@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PBegin, PCollection
 
+from transforms import progress
 from transforms.backfill.columnar import block_lines
 from transforms.parse import payload_bytes
 from transforms.records import DeadLetter
@@ -107,6 +108,7 @@ class _SkipBlank(beam.DoFn):
         self._blank = Metrics.counter("read", "blank_lines_skipped")
 
     def process(self, line: bytes) -> Iterable[bytes]:
+        progress.advance(len(line) + 1, 1)
         if line.strip():
             yield line
         else:

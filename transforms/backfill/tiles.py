@@ -40,6 +40,7 @@ from transforms.backfill.files import (
 from transforms.backfill.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
 from transforms.combine import FeatureViewCombineFn
 from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
+from transforms import progress
 from transforms.gcpause import gc_paused
 from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts, event_timestamp
 from transforms.records import Event, FeatureRow, layouts
@@ -93,6 +94,7 @@ class _ReadAndPreaggregate(beam.DoFn):
         if self._columnar is not None:
             for block in blocks:
                 tables, slow = self._columnar.parse_block(block, exclude)
+                progress.advance(len(block), sum(t.num_rows for t in tables) + len(slow))
                 if tables:
                     table = pa.concat_tables(tables)  # bisected blocks: one group-by, not many
                     counts[0] += table.num_rows
@@ -102,7 +104,7 @@ class _ReadAndPreaggregate(beam.DoFn):
                         for aggregator, view_tiles in zip(self._aggregators, tiles):
                             aggregator.aggregate(table, view_tiles)
                 yield from self._event_at_a_time(slow, tiles, counts)
-        yield from self._event_at_a_time(raw_events, tiles, counts)
+        yield from self._event_at_a_time(raw_events, tiles, counts, report=True)
         seen, parsed = counts
         self._events_in.inc(seen)
         self._parsed.inc(parsed)
@@ -113,8 +115,11 @@ class _ReadAndPreaggregate(beam.DoFn):
             for (entity, start), acc in view_tiles.items():
                 yield ((name, entity), (start, coder.encode(acc)))
 
-    def _event_at_a_time(self, raw_events: Iterable[Any], tiles: list[dict], counts: list[int]) -> Iterable:
+    def _event_at_a_time(self, raw_events: Iterable[Any], tiles: list[dict], counts: list[int],
+                         report: bool = False) -> Iterable:
         for batch in _batches(raw_events, 4096):
+            if report:  # raw records read one by one (Parquet rows, or lines Arrow is not used for)
+                progress.advance(sum(len(r) + 1 for r in batch if isinstance(r, bytes)), len(batch))
             yield from self._parse_batch(batch, tiles, counts)
 
     def _parse_batch(self, raw_events: list[Any], tiles: list[dict], counts: list[int]) -> Iterable:
