@@ -174,10 +174,10 @@ def read_offline(root: str, spec_or_layout: FeatureSpecFile | ViewLayout, view: 
 
     table = ds.dataset(FileSystems.join(root, layout.name), partitioning="hive").to_table()
     keys = [layout.join_key, "window_end", "pane_index"]
-    newest = table.group_by(keys, use_threads=False).aggregate([("created_timestamp", "max")])
-    newest = newest.rename_columns(keys + ["created_timestamp"])
-    deduped = table.join(newest, keys + ["created_timestamp"], join_type="inner")
-    # copies written in the same instant: keep one
-    index = pa.array(range(deduped.num_rows))
-    first = deduped.append_column("__row", index).group_by(keys, use_threads=False).aggregate([("__row", "min")])
-    return deduped.take(first["__row_min"]).sort_by([(k, "ascending") for k in keys])
+    # the newest copy of each pane (copies written in the same instant: the first); only the key
+    # columns go through the sort and grouping, since Arrow's joins refuse list and map columns
+    index = table.select(keys + ["created_timestamp"]).append_column("__row", pa.array(range(table.num_rows)))
+    index = index.sort_by([(k, "ascending") for k in keys] + [("created_timestamp", "descending"),
+                                                               ("__row", "ascending")])
+    first = index.group_by(keys, use_threads=False).aggregate([("__row", "first")])
+    return table.take(first["__row_first"]).sort_by([(k, "ascending") for k in keys])
