@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import check_flags, describe_failure, fail, handle_help
+from pipelines.flags import EventFileFlags, FeatureStoreFlags, PubSubInputFlags
 from transforms.io.online.base import StoreError
 from transforms.io.online.config import redact_url
 from transforms.io.online.registry import open_online_store
@@ -38,47 +39,16 @@ class UsageError(Exception):
     """A user mistake on the command line; printed as one line, exit code 2."""
 
 
-class FeatureStoreOptions(PipelineOptions):
-    """Options every feature pipeline takes (snake_case: they double as template parameters)."""
-
-    group = "stores"
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--feature_spec", help="Path to the feature spec YAML.")
-        parser.add_argument(
-            "--online_store",
-            help="sqlite:///path/online.db (embedded) or redis://[user:password@]host:port/db, rediss://...",
-        )
-        parser.add_argument("--offline_store", help="Directory (local or gs://) for Parquet feature rows.")
-        parser.add_argument(
-            "--dead_letter",
-            help="Directory for dead-letter JSONL (default: <offline_store>/_dead_letters).",
-        )
+class FeatureStoreOptions(FeatureStoreFlags, PipelineOptions):
+    """FeatureStoreFlags (pipelines.flags) as Beam pipeline options."""
 
 
-class EventFileOptions(PipelineOptions):
-    group = "input"
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--events", help="Glob of JSONL (.jsonl, .json, .gz) or .parquet event files.")
+class EventFileOptions(EventFileFlags, PipelineOptions):
+    """EventFileFlags (pipelines.flags) as Beam pipeline options."""
 
 
-class PubSubInputOptions(PipelineOptions):
-    group = "input"
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--input_subscription", help="projects/<project>/subscriptions/<subscription>")
-        parser.add_argument("--input_topic", help="projects/<project>/topics/<topic> (a subscription is created)")
-        parser.add_argument(
-            "--timestamp_attribute",
-            help="Message attribute with the event time (epoch ms or RFC 3339); default: the spec's timestamp_field",
-        )
-        parser.add_argument(
-            "--id_attribute", help="Message attribute with a unique id, for de-duplication on Dataflow"
-        )
+class PubSubInputOptions(PubSubInputFlags, PipelineOptions):
+    """PubSubInputFlags (pipelines.flags) as Beam pipeline options."""
 
 
 # Beam discovers only *direct* PipelineOptions subclasses, so options are shared by composition:

@@ -33,6 +33,7 @@ from flex_templates import build, launch, schedule, templates
 from flex_templates.image_requirements import requirements as image_requirements
 from pipelines.common import UsageError
 from pipelines.get_features import get_features
+from transforms.io.online.base import StoreNotFoundError
 from transforms.io.sinks import read_dead_letters
 from transforms.streaming.pubsub import SUBSCRIPTION, TOPIC
 
@@ -663,7 +664,10 @@ def payload(user, kind, amount, item, **extra) -> str:
 
 
 def online_features(spec: Path, redis_url: str) -> dict:
-    lines = get_features(str(spec), redis_url, "user_1h", ["a", "b"])
+    try:
+        lines = get_features(str(spec), redis_url, "user_1h", ["a", "b"])
+    except StoreNotFoundError:  # the job has not written the view yet
+        return {}
     return {line["entity"]: line["features"] for line in lines}
 
 
