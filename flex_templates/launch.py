@@ -61,10 +61,26 @@ _CHECKS = {  # flag -> (pattern, what it must look like); no shell metacharacter
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}$")
 
 
-def add_launch_arguments(parser: argparse.ArgumentParser, worker_sa_flags: Sequence[str]) -> None:
+AMBIGUOUS_SA = ("--service_account is ambiguous: --worker_service_account names the account the Dataflow "
+                "workers run as, --scheduler_service_account the identity Cloud Scheduler launches with")
+
+
+def description(doc: str) -> str:
+    """A module docstring's first paragraph as one line of --help."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+class _Refused(argparse.Action):
+    """A flag that used to exist with another meaning: refused with what to use instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.help)
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared with flex_templates.schedule (which launches the same request on a cron)."""
-    parser.add_argument("--template", required=True, choices=NAMES)
-    parser.add_argument("--project", required=True)
+    parser.add_argument("--template", required=True, choices=NAMES, help="which Flex Template to launch")
+    parser.add_argument("--project", required=True, help="Google Cloud project of the Dataflow job")
     parser.add_argument("--region", required=True, help="Dataflow region, e.g. us-central1")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
@@ -86,27 +102,28 @@ def add_launch_arguments(parser: argparse.ArgumentParser, worker_sa_flags: Seque
     parser.add_argument(
         "--job_name", help="exact Dataflow job name (default: <template>-<UTC time>-<random>)"
     )
-    parser.add_argument("--max_workers", type=int)
-    parser.add_argument("--num_workers", type=int)
-    parser.add_argument("--machine_type")
+    parser.add_argument("--max_workers", type=int, help="autoscaling ceiling (default: Dataflow's)")
+    parser.add_argument("--num_workers", type=int, help="workers at start (default: Dataflow's)")
+    parser.add_argument("--machine_type", help="worker machine type, e.g. n1-standard-4")
     parser.add_argument(
-        *worker_sa_flags,
-        dest="worker_service_account",
-        help="service account the Dataflow workers run as",
+        "--worker_service_account",
+        help="service account the Dataflow workers run as (default: the Compute Engine default)",
     )
-    parser.add_argument("--network")
-    parser.add_argument("--subnetwork")
-    parser.add_argument("--temp_location")
-    parser.add_argument("--staging_location")
-    parser.add_argument("--disable_public_ips", action="store_true")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--service_account", action=_Refused, help=AMBIGUOUS_SA)
+    parser.add_argument("--network", help="VPC network of the workers (default: default)")
+    parser.add_argument("--subnetwork", help="regions/REGION/subnetworks/NAME or its full URL")
+    parser.add_argument("--temp_location", help="gs:// path for temporary files (default: the template's)")
+    parser.add_argument("--staging_location", help="gs:// path for staged files (default: the template's)")
+    parser.add_argument("--disable_public_ips", action="store_true", help="workers get private IPs only")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="job label (repeat): lowercase letters, digits, _ and -")
     parser.add_argument(
         "--experiment", action="append", default=[], help="additional experiment (repeat)"
     )
     parser.add_argument(
         "--gpu_type", help=f"worker GPU, e.g. nvidia-tesla-t4 ({', '.join(sorted(GPU_TEMPLATES))})"
     )
-    parser.add_argument("--gpu_count", type=int, default=1)
+    parser.add_argument("--gpu_count", type=int, default=1, help="GPUs per worker with --gpu_type (default: 1)")
     parser.add_argument(
         "--dry_run", action="store_true", help="print the request as JSON; send nothing"
     )
@@ -276,8 +293,8 @@ def send(request: dataflow.LaunchFlexTemplateRequest) -> dataflow.Job:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
-    add_launch_arguments(parser, ("--service_account", "--worker_service_account"))
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=description(__doc__))
+    add_launch_arguments(parser)
     parser.add_argument(
         "--update", action="store_true", help="replace the running streaming job --job_name"
     )

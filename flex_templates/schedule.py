@@ -1,9 +1,11 @@
 """Run a batch Flex Template on a cron: a Cloud Scheduler job whose HTTP target POSTs the same
 launch request as flex_templates.launch to Dataflow's flexTemplates:launch, with an OAuth token
-of --service_account. Creates the job or updates it in place (idempotent); --dry_run prints it.
+of --scheduler_service_account. Creates the job or updates it in place (idempotent); --dry_run
+prints it, with the launch request it will send decoded.
 
     python -m flex_templates.schedule --template backfill_features --cron "0 * * * *" \
-        --time_zone UTC --service_account launcher@P.iam.gserviceaccount.com --project P \
+        --time_zone UTC --scheduler_service_account launcher@P.iam.gserviceaccount.com \
+        --worker_service_account worker@P.iam.gserviceaccount.com --project P \
         --region R --gcs_path gs://B/templates --image IMAGE \
         --param events=gs://B/events/*.jsonl ...
 
@@ -30,7 +32,7 @@ from typing import Optional, Sequence
 from google.cloud import scheduler_v1
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from flex_templates.launch import add_launch_arguments, build_request, launch_body
+from flex_templates.launch import add_launch_arguments, build_request, description, launch_body
 from flex_templates.templates import (
     call_google,
     STREAMING_INPUTS,
@@ -84,7 +86,7 @@ def build_job(args: argparse.Namespace) -> scheduler_v1.Job:
         ) from None
     if not _SA.fullmatch(args.scheduler_service_account):
         raise TemplateError(
-            f"--service_account must be a service account e-mail "
+            f"--scheduler_service_account must be a service account e-mail (name@domain) "
             f"(got {args.scheduler_service_account!r})"
         )
     job_id = check_job_name(args.name or f"{dashed(template.name)}-scheduled", "--name")
@@ -116,10 +118,16 @@ def build_job(args: argparse.Namespace) -> scheduler_v1.Job:
 
 
 def to_json(job: scheduler_v1.Job) -> str:
-    """The job as the REST API spells it (the HTTP body is base64, as in the API)."""
-    return scheduler_v1.Job.to_json(
+    """The job as the REST API spells it, except the HTTP body: the API carries it base64, here
+    it is the decoded launch request (`bodyDecoded`), so what each tick sends can be read."""
+    data = json.loads(scheduler_v1.Job.to_json(
         job, use_integers_for_enums=False, always_print_fields_with_no_presence=False
-    )
+    ))
+    target = data.get("httpTarget", {})
+    if "body" in target:
+        target["bodyDecoded"] = json.loads(job.http_target.body.decode("utf-8"))
+        del target["body"]
+    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def create_or_update(job: scheduler_v1.Job) -> str:
@@ -139,15 +147,15 @@ def create_or_update(job: scheduler_v1.Job) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
-    add_launch_arguments(parser, ("--worker_service_account",))
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=description(__doc__))
+    add_launch_arguments(parser)
     parser.add_argument("--cron", required=True, help='unix-cron schedule, e.g. "0 * * * *"')
-    parser.add_argument("--time_zone", default="UTC")
+    parser.add_argument("--time_zone", default="UTC", help="tz database name the cron is read in (default: UTC)")
     parser.add_argument(
-        "--service_account",
-        dest="scheduler_service_account",
+        "--scheduler_service_account",
         required=True,
-        help="identity Cloud Scheduler calls Dataflow with (OAuth token)",
+        help="identity Cloud Scheduler calls Dataflow with (OAuth token); it needs the Dataflow "
+             "developer role and to act as --worker_service_account",
     )
     parser.add_argument("--name", help="Cloud Scheduler job id (default: <template>-scheduled)")
     parser.add_argument("--scheduler_region", help="Cloud Scheduler location (default: --region)")

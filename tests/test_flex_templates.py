@@ -398,7 +398,7 @@ def dry_run(capsys, argv: list[str]) -> dict:
 def test_launch_dry_run_prints_the_typed_request(capsys):
     out = dry_run(capsys, launch_args(
         "streaming_features", "--max_workers", "20", "--machine_type", "n2-standard-4",
-        "--service_account", WORKER_SA, "--subnetwork", "regions/us-central1/subnetworks/private",
+        "--worker_service_account", WORKER_SA, "--subnetwork", "regions/us-central1/subnetworks/private",
         "--disable_public_ips", "--label", "team=features"))
     parameter = out["launchParameter"]
     assert out["projectId"] == "my-project" and out["location"] == "us-central1"
@@ -518,7 +518,7 @@ def test_launch_sends_the_request_it_prints(monkeypatch, capsys):
 def schedule_args(*extra: str, template="backfill_features", cron="0 * * * *",
                   **params) -> list[str]:
     return launch_args(template, "--cron", cron, "--time_zone", "Europe/Paris",
-                       "--service_account", LAUNCHER_SA, *extra, **params)
+                       "--scheduler_service_account", LAUNCHER_SA, *extra, **params)
 
 
 def test_schedule_dry_run_posts_the_launch_body_with_an_oauth_token(capsys):
@@ -534,13 +534,43 @@ def test_schedule_dry_run_posts_the_launch_body_with_an_oauth_token(capsys):
     assert target["headers"] == {"Content-Type": "application/json"}
     assert target["oauthToken"] == {"serviceAccountEmail": LAUNCHER_SA,
                                     "scope": "https://www.googleapis.com/auth/cloud-platform"}
-    body = json.loads(base64.b64decode(target["body"]))
+    body = target["bodyDecoded"]  # the API carries it base64; the dry run shows it decoded
     # the request launch builds, with the static job name every run asks for
-    printed = dry_run(capsys, launch_args("backfill_features", "--service_account", WORKER_SA,
+    printed = dry_run(capsys, launch_args("backfill_features", "--worker_service_account", WORKER_SA,
                                           "--job_name", "backfill-features-scheduled"))
     assert body == {"launchParameter": printed["launchParameter"]}
     assert "update" not in body["launchParameter"]
-    assert schedule.scheduler_v1.Job.from_json(json.dumps(job)).retry_config.retry_count == 0
+    api = {**job, "httpTarget": {**{k: v for k, v in target.items() if k != "bodyDecoded"},
+                                 "body": base64.b64encode(json.dumps(body, sort_keys=True).encode()).decode()}}
+    job_object = schedule.scheduler_v1.Job.from_json(json.dumps(api))
+    assert job_object.retry_config.retry_count == 0
+    assert json.loads(job_object.http_target.body) == body
+
+
+@pytest.mark.parametrize("main, argv", [
+    (lambda argv: launch.main(argv), launch_args("backfill_features", "--service_account", WORKER_SA)),
+    (lambda argv: schedule.main(argv), schedule_args("--service_account", LAUNCHER_SA)),
+])
+def test_service_account_has_one_meaning_per_flag_name(main, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--dry_run"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert ("--service_account is ambiguous: --worker_service_account names the account the Dataflow workers "
+            "run as, --scheduler_service_account the identity Cloud Scheduler launches with") in err
+
+
+@pytest.mark.parametrize("module", ["launch", "schedule"])
+def test_help_describes_every_flag_in_whole_sentences(module, capsys):
+    main = launch.main if module == "launch" else schedule.main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert description.rstrip().endswith(")") or description.rstrip().endswith(".")  # not cut mid-sentence
+    entries = re.split(r"\n(?=  -)", out[out.index("options:"):])[1:]  # one per flag: its names, then its help
+    undocumented = [entry.split()[0] for entry in entries if not re.split(r"\s{2,}|\n", entry.strip(), maxsplit=1)[1:]]
+    assert undocumented == [], undocumented
 
 
 STREAMING_EMBED = {**{k: v for k, v in VALID["embed_texts"].items() if k != "events"},
@@ -554,8 +584,8 @@ STREAMING_EMBED = {**{k: v for k, v in VALID["embed_texts"].items() if k != "eve
      "a scheduled run must be a batch job"),
     (schedule_args(cron="0 * * *"), '--cron must be 5 unix-cron fields such as "0 * * * *"'),
     (schedule_args("--time_zone", "Mars/Olympus"), "--time_zone must be a tz database name"),
-    (schedule_args("--service_account", "me@example.com"),
-     "--service_account must be a service account"),
+    (schedule_args("--scheduler_service_account", "me@example.com"),
+     "--scheduler_service_account must be a service account"),
     (schedule_args(events="gs://my-bucket/e|x"),
      "parameter events='gs://my-bucket/e|x' is not valid"),
 ])
