@@ -509,7 +509,38 @@ def _per_group(counted: pa.Table, grouping: Grouping, field: str, new: Callable,
     return _by_key(counted, grouping.keys, build)
 
 
-class CountDistinct(Aggregation):
+class _Incremental(Aggregation):
+    """A state that is None until the feature's first value, then created (`new`) and updated in
+    place (`update`); `combine` merges two states into the first. The sketches and histograms."""
+
+    def new(self) -> Any:
+        raise NotImplementedError
+
+    def update(self, state: Any, value: Any) -> None:
+        raise NotImplementedError
+
+    def combine(self, a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    def copy(self, state: Any) -> Any:
+        return self.decode(self.encode(state))
+
+    def add(self, state, event):
+        value = self.value(event)
+        if value is None:
+            return state
+        if state is None:
+            state = self.new()
+        self.update(state, value)
+        return state
+
+    def merge(self, a, b):
+        if a is None or b is None:  # copy: the merged accumulator may be changed later
+            return a if b is None else self.copy(b)
+        return self.combine(a, b)
+
+
+class CountDistinct(_Incremental):
     """Approximate distinct count: an HLL sketch (lg_k 12, ~1.6 % relative standard error)."""
 
     name = "approx_count_distinct"
@@ -519,18 +550,13 @@ class CountDistinct(Aggregation):
     def output_type(cls, field_type: str) -> str:
         return "int64"
 
-    def add(self, state, event):
-        value = self.value(event)
-        if value is None:
-            return state
-        if state is None:
-            state = hll_sketch(HLL_LG_K)
-        state.update(value)
-        return state
+    def new(self):
+        return hll_sketch(HLL_LG_K)
 
-    def merge(self, a, b):
-        if a is None or b is None:  # copy: the merged accumulator may be changed later
-            return a if b is None else self.decode(self.encode(b))
+    def update(self, state, value):
+        state.update(value)
+
+    def combine(self, a, b):
         union = hll_union(HLL_LG_K)
         union.update(a)
         union.update(b)
@@ -573,7 +599,7 @@ class CountDistinct(Aggregation):
         return rows, read
 
 
-class Percentile(Aggregation):
+class Percentile(_Incremental):
     """Approximate quantile q: a KLL sketch (k 200, ~1.3 % normalized rank error)."""
 
     name = "approx_percentile"
@@ -583,18 +609,13 @@ class Percentile(Aggregation):
         super().__init__(feature, mask, values, slot, field)
         self.q = feature.q
 
-    def add(self, state, event):
-        value = self.value(event)
-        if value is None:
-            return state
-        if state is None:
-            state = kll_doubles_sketch(KLL_K)
-        state.update(value)
-        return state
+    def new(self):
+        return kll_doubles_sketch(KLL_K)
 
-    def merge(self, a, b):
-        if a is None or b is None:  # copy: the merged accumulator may be changed later
-            return a if b is None else self.decode(self.encode(b))
+    def update(self, state, value):
+        state.update(value)
+
+    def combine(self, a, b):
         a.merge(b)
         return a
 
@@ -631,12 +652,28 @@ class Percentile(Aggregation):
         return rows, read
 
 
-class TopK(Aggregation):
+class _ValueCounts(_Incremental):
+    """Counts per distinct value of the field (read as text): built on the fast path from one
+    group-by per (entity, tile, value)."""
+
+    reads = "text"
+
+    def count(self, state: Any, value: str, n: int) -> None:
+        raise NotImplementedError
+
+    def update(self, state, value):
+        self.count(state, value, 1)
+
+    def group(self, rows, grouping):
+        counted = _value_counts(rows, grouping, self.field)
+        return rows, _per_group(counted, grouping, self.field, self.new, self.count)
+
+
+class TopK(_ValueCounts):
     """The k most frequent values, most frequent first (ties: the smaller value first), from a
     DataSketches frequent-items sketch (see FREQUENT_LG_K for its error bound)."""
 
     name = "top_k"
-    reads = "text"
     __slots__ = ("k",)
 
     def __init__(self, feature, mask, values, slot, field):
@@ -647,18 +684,13 @@ class TopK(Aggregation):
     def output_type(cls, field_type: str) -> str:
         return "string_list"
 
-    def add(self, state, event):
-        value = self.value(event)
-        if value is None:
-            return state
-        if state is None:
-            state = frequent_strings_sketch(FREQUENT_LG_K)
-        state.update(value)
-        return state
+    def new(self):
+        return frequent_strings_sketch(FREQUENT_LG_K)
 
-    def merge(self, a, b):
-        if a is None or b is None:  # copy: the merged accumulator may be changed later
-            return a if b is None else self.decode(self.encode(b))
+    def count(self, state, value, n):
+        state.update(value, n)
+
+    def combine(self, a, b):
         a.merge(b)
         return a
 
@@ -674,19 +706,13 @@ class TopK(Aggregation):
     def decode(self, state):
         return None if state is None else frequent_strings_sketch.deserialize(state)
 
-    def group(self, rows, grouping):
-        counted = _value_counts(rows, grouping, self.field)
-        return rows, _per_group(counted, grouping, self.field, lambda: frequent_strings_sketch(FREQUENT_LG_K),
-                                lambda sketch, value, n: sketch.update(value, n))
 
-
-class Histogram(Aggregation):
+class Histogram(_ValueCounts):
     """Exact counts per distinct value: {value: count}, the `cap` most frequent (ties: the smaller
     value first), most frequent first. The state holds every distinct value of the window (use
     top_k for high-cardinality fields); `cap` bounds what is stored."""
 
     name = "histogram"
-    reads = "text"
     __slots__ = ("cap",)
 
     def __init__(self, feature, mask, values, slot, field):
@@ -697,34 +723,24 @@ class Histogram(Aggregation):
     def output_type(cls, field_type: str) -> str:
         return "int64_map"
 
-    def add(self, state, event):
-        value = self.value(event)
-        if value is None:
-            return state
-        if state is None:
-            state = {}
-        state[value] = state.get(value, 0) + 1
-        return state
+    def new(self):
+        return {}
 
-    def merge(self, a, b):
-        if not a or not b:  # copy: the merged accumulator may be changed later
-            return dict(b) if not a and b else a
-        for value, count in b.items():
-            a[value] = a.get(value, 0) + count
+    def count(self, state, value, n):
+        state[value] = state.get(value, 0) + n
+
+    def combine(self, a, b):
+        for value, n in b.items():
+            a[value] = a.get(value, 0) + n
         return a
+
+    def copy(self, state):
+        return dict(state)
 
     def extract(self, state) -> Optional[dict]:
         if not state:
             return None
         return dict(sorted(state.items(), key=lambda kv: (-kv[1], kv[0]))[:self.cap])
-
-    def group(self, rows, grouping):
-        counted = _value_counts(rows, grouping, self.field)
-
-        def update(state: dict, value: str, n: int) -> None:
-            state[value] = n
-
-        return rows, _per_group(counted, grouping, self.field, dict, update)
 
 
 AGGREGATIONS: dict[str, type[Aggregation]] = {
