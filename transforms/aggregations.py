@@ -91,14 +91,16 @@ class Aggregation:
     # text, for sketches of values) or "value" (a number or a string, by the feature's dtype).
     reads: ClassVar[str] = "number"
     empty: ClassVar[Any] = None
+    parameter: ClassVar[Optional[str]] = None  # the spec key it takes: q, k or cap
 
-    __slots__ = ("mask", "values", "slot", "field")
+    __slots__ = ("mask", "values", "slot", "field", "param")
 
     def __init__(self, feature: Any, mask: int, values: Optional[str], slot: int, field: Optional[str]):
         self.mask = mask  # the where-clause bit an event must match (0: every event)
         self.values = values  # "nums" | "strs": which of Event's value lists holds the field
         self.slot = slot  # its index there
         self.field = field  # its name (the Arrow column on the fast path)
+        self.param = getattr(feature, self.parameter) if self.parameter else None  # its q, k or cap
 
     @classmethod
     def output_type(cls, field_type: str) -> str:
@@ -433,18 +435,14 @@ class LastK(Aggregation):
 
     name = "last_k"
     reads = "value"
-    __slots__ = ("k",)
-
-    def __init__(self, feature, mask, values, slot, field):
-        super().__init__(feature, mask, values, slot, field)
-        self.k = feature.k
+    parameter = "k"
 
     @classmethod
     def output_type(cls, field_type: str) -> str:
         return f"{field_type}_list"
 
     def _keep(self, pairs: list) -> tuple:
-        return tuple(pairs[-self.k:])
+        return tuple(pairs[-self.param:])
 
     def add(self, state, event):
         value = self.value(event)
@@ -483,7 +481,7 @@ class FirstK(LastK):
     name = "first_k"
 
     def _keep(self, pairs: list) -> tuple:
-        return tuple(pairs[:self.k])
+        return tuple(pairs[:self.param])
 
     def extract(self, state):
         return None if not state else [value for _, value in state]
@@ -603,11 +601,7 @@ class Percentile(_Incremental):
     """Approximate quantile q: a KLL sketch (k 200, ~1.3 % normalized rank error)."""
 
     name = "approx_percentile"
-    __slots__ = ("q",)
-
-    def __init__(self, feature, mask, values, slot, field):
-        super().__init__(feature, mask, values, slot, field)
-        self.q = feature.q
+    parameter = "q"
 
     def new(self):
         return kll_doubles_sketch(KLL_K)
@@ -620,7 +614,7 @@ class Percentile(_Incremental):
         return a
 
     def extract(self, state) -> Optional[float]:
-        return None if state is None else float(state.get_quantile(self.q))
+        return None if state is None else float(state.get_quantile(self.param))
 
     def encode(self, state):
         return None if state is None else state.serialize()
@@ -674,11 +668,7 @@ class TopK(_ValueCounts):
     DataSketches frequent-items sketch (see FREQUENT_LG_K for its error bound)."""
 
     name = "top_k"
-    __slots__ = ("k",)
-
-    def __init__(self, feature, mask, values, slot, field):
-        super().__init__(feature, mask, values, slot, field)
-        self.k = feature.k
+    parameter = "k"
 
     @classmethod
     def output_type(cls, field_type: str) -> str:
@@ -698,7 +688,7 @@ class TopK(_ValueCounts):
         if state is None or state.is_empty():
             return None
         items = state.get_frequent_items(frequent_items_error_type.NO_FALSE_NEGATIVES, 0)
-        return [item for item, *_ in sorted(items, key=lambda i: (-i[1], i[0]))[:self.k]]
+        return [item for item, *_ in sorted(items, key=lambda i: (-i[1], i[0]))[:self.param]]
 
     def encode(self, state):
         return None if state is None else state.serialize()
@@ -713,11 +703,7 @@ class Histogram(_ValueCounts):
     top_k for high-cardinality fields); `cap` bounds what is stored."""
 
     name = "histogram"
-    __slots__ = ("cap",)
-
-    def __init__(self, feature, mask, values, slot, field):
-        super().__init__(feature, mask, values, slot, field)
-        self.cap = feature.cap
+    parameter = "cap"
 
     @classmethod
     def output_type(cls, field_type: str) -> str:
@@ -740,7 +726,7 @@ class Histogram(_ValueCounts):
     def extract(self, state) -> Optional[dict]:
         if not state:
             return None
-        return dict(sorted(state.items(), key=lambda kv: (-kv[1], kv[0]))[:self.cap])
+        return dict(sorted(state.items(), key=lambda kv: (-kv[1], kv[0]))[:self.param])
 
 
 AGGREGATIONS: dict[str, type[Aggregation]] = {
