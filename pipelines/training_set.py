@@ -73,6 +73,32 @@ def training_set(spec_path: str, offline_store: str, labels: pa.Table, features:
     return join_labels(labels, timestamp_field, requests, panes, as_of_created)
 
 
+def run_beam(spec_path: str, offline_store: str, labels: str, features: Sequence[str], output: str,
+             timestamp_field: str, as_of_created: bool, beam_args: Sequence[str]) -> int:
+    """The Beam variant (transforms/training_beam.py) on the runner `beam_args` name; returns how
+    many labels were written (OUT is a directory of part files, in label order by name)."""
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.cli import check_flags
+    from pipelines.common import UsageError
+    from transforms.training_beam import build
+
+    check_flags((), beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        raise UsageError(f"Beam options ({beam_args[0]} ...) run the Beam variant: add --runner")
+    pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+    build(pipeline, spec_path, offline_store, labels, features, output, timestamp_field, as_of_created)
+    pipeline.run().wait_until_finish()
+    parts = FileSystems.match([FileSystems.join(output, "part-*.parquet")])[0].metadata_list
+    total = 0
+    for part in parts:
+        with FileSystems.open(part.path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{PROGRAM}", allow_abbrev=False,
                                      description=__doc__.split("\n\n")[0])
@@ -100,8 +126,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         started = time.perf_counter()
         try:
             if beam_args:
-                from transforms.training_beam import run_beam
-
                 rows = run_beam(args.feature_spec, args.offline_store, args.labels, args.features,
                                 args.output, args.label_timestamp_field, args.as_of_created, beam_args)
             else:

@@ -328,3 +328,32 @@ def test_usage_errors_exit_2(backfilled, tmp_path, args, message):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_beam_variant_equals_the_local_join(backfilled, tmp_path):
+    """--runner: the Beam pipeline (labels in several files and row groups, a null key) writes
+    part files that, read in name order, equal the local join."""
+    from transforms.training_beam import buckets_of
+
+    _, spec_path, offline = backfilled
+    labels = make_labels(n=900)
+    first, second = tmp_path / "labels" / "a.parquet", tmp_path / "labels" / "b.parquet"
+    first.parent.mkdir()
+    pq.write_table(labels.slice(0, 500), first, row_group_size=200)
+    pq.write_table(labels.slice(500), second, row_group_size=300)
+    out = tmp_path / "train.parquet"
+    training_main(["--feature_spec", spec_path, "--offline_store", offline, "--labels", str(tmp_path / "labels" / "*.parquet"),
+                   "--features", ",".join(FEATURES), "--output", str(out), "--runner", "FnApiRunner"])
+    got = pq.read_table(out)  # a directory of part files, in label order by name
+    assert sorted(p.name for p in out.iterdir()) == [f"part-00000-0000{i}.parquet" for i in range(3)] + \
+        [f"part-00001-0000{i}.parquet" for i in range(2)]
+    expected = training_set(spec_path, offline, labels, FEATURES)
+    assert got.to_pylist() == expected.to_pylist()
+    # the bucket of a key is the same wherever it is computed (slices, offsets, nulls)
+    keys = pa.array(["u1", None, "", "u22", "u1"])
+    whole = buckets_of(keys, 16).tolist()
+    assert whole[0] == whole[4] and buckets_of(keys.slice(1), 16).tolist() == whole[1:]
+    assert buckets_of(keys.slice(3), 16).tolist() == whole[3:]
+    assert len(set(buckets_of(pa.array([f"u{i}" for i in range(1000)]), 16).tolist())) == 16
+    assert buckets_of(pa.array([5, 5, None], pa.int64()), 7).tolist()[0] == buckets_of(pa.array([5], pa.int64()), 7)[0]

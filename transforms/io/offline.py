@@ -173,10 +173,16 @@ def read_offline(root: str, spec_or_layout: FeatureSpecFile | ViewLayout, view: 
     import pyarrow.dataset as ds
 
     table = ds.dataset(FileSystems.join(root, layout.name), partitioning="hive").to_table()
-    keys = [layout.join_key, "window_end", "pane_index"]
-    # the newest copy of each pane (copies written in the same instant: the first); only the key
-    # columns go through the sort and grouping, since Arrow's joins refuse list and map columns
-    index = table.select(keys + ["created_timestamp"]).append_column("__row", pa.array(range(table.num_rows)))
+    return newest_copies(table, layout.join_key)
+
+
+def newest_copies(table: pa.Table, join_key: str) -> pa.Table:
+    """One row per pane (entity, window_end, pane_index): the newest copy (copies written in the
+    same instant: the first), sorted by those keys. Only the key columns go through the sort and
+    grouping, since Arrow's joins refuse list and map columns."""
+    keys = [join_key, "window_end", "pane_index"]
+    index = table.select(keys + ["created_timestamp"]).append_column(
+        "__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
     index = index.sort_by([(k, "ascending") for k in keys] + [("created_timestamp", "descending"),
                                                                ("__row", "ascending")])
     first = index.group_by(keys, use_threads=False).aggregate([("__row", "first")])
