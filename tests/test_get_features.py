@@ -176,3 +176,13 @@ def test_large_batches_equal_the_stores_own_reads(store_url, tmp_path, project):
     assert [g.entity for g in got] == entities
     assert [g.features if g.event_timestamp else None for g in got] == [e.features if e else None for e in expected]
     assert sum(e is None for e in expected) == 166
+
+
+def test_a_long_lived_reader_sees_a_view_written_after_it_opened(store_url, tmp_path, project):
+    first, later = write_spec(tmp_path / "first.yaml", project + "a"), write_spec(tmp_path / "later.yaml", project)
+    fill(store_url, first)  # the store exists, without `later`'s project
+    with FeatureReader(later, store_url) as reader:
+        with pytest.raises(StoreNotFoundError):
+            reader.get("user_5m", ["u1"])
+        fill(store_url, later)
+        assert reader.get("user_5m", ["u1"])[0].features == {"clicks": 1, "spend": 1.5}

@@ -90,16 +90,18 @@ class SqliteOnlineStore(OnlineStore):
         try:
             conn = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=rw", uri=True,
                                    isolation_level=None, check_same_thread=False)
-            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            self._tables = _tables(conn)
         except sqlite3.Error as err:
             raise StoreNotFoundError(f"--online_store: {self.path!r} is not a readable SQLite database: {err}") from err
-        self._tables = tables
         return conn
 
     def _check_view(self, view: str) -> None:
         if not self.read_only:
             return
-        missing = [name for name in (f"{self.project}__windows", f"{self.project}_{view}") if name not in self._tables]
+        needed = (f"{self.project}__windows", f"{self.project}_{view}")
+        if not set(needed) <= self._tables:  # look again: a writer may have created them since
+            self._tables = _tables(self._conn)
+        missing = [name for name in needed if name not in self._tables]
         if missing:
             projects = sorted(t[:-len("__windows")] for t in self._tables if t.endswith("__windows"))
             raise StoreNotFoundError(
@@ -224,6 +226,10 @@ class SqliteOnlineStore(OnlineStore):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def _value_text(value: Any) -> Optional[str]:
