@@ -7,12 +7,21 @@ aggregation over time-sorted rows) and an exact distinct count; sum, mean, max a
 p90 of the amount over the purchase rows (the only ones with an amount), joined back. The fixed
 view is one group-by per (item, hour). The result is written as Parquet, as the backfill's
 offline store is.
+
+Real-shaped logs (workload.real_shaped) are read the same way, with two steps more so the limit
+does what the pipeline does: event times that are RFC 3339 strings mixed with epoch-ms numbers
+are parsed with Arrow (the numbers quoted by one C-level regex substitution so the column reads
+as strings, then digits cast to int64 and the rest cast by Arrow's ISO 8601 parser, offsets
+applied), and events are de-duplicated by id (the first of each id kept, in one O(n) pass over
+the dictionary codes).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -38,15 +47,57 @@ SCHEMA = pa.schema(
 )
 
 
-def read_events(path: str) -> pa.Table:
-    options = pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore")
+TIME_FIELD = "event_time"
+_QUOTED_TIME = b'"event_time":"'
+_NUMBER_TIME = re.compile(rb'("event_time":)(-?\d+)(?=[,}])')
+
+
+def read_events(path: str, id_field: Optional[str] = None) -> pa.Table:
+    """The events as a table, event_time as epoch ms (int64), de-duplicated by `id_field`."""
     with open(path, "rb") as handle:
         data = handle.read()
-    return pj.read_json(
+    schema = SCHEMA
+    mixed = _QUOTED_TIME in data  # RFC 3339 strings (maybe mixed with numbers): read as text
+    if mixed:
+        data = _NUMBER_TIME.sub(rb'\1"\2"', data)
+        schema = schema.set(schema.get_field_index(TIME_FIELD), pa.field(TIME_FIELD, pa.string()))
+    if id_field:
+        schema = schema.append(pa.field(id_field, pa.string()))
+    table = pj.read_json(
         io.BytesIO(data),
-        parse_options=options,
+        parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         read_options=pj.ReadOptions(use_threads=False, block_size=1 << 26),
     )
+    if mixed:
+        index = table.schema.get_field_index(TIME_FIELD)
+        table = table.set_column(index, TIME_FIELD, epoch_ms(table[TIME_FIELD].combine_chunks()))
+    if id_field:
+        table = first_of_each_id(table, id_field).drop_columns([id_field])
+    return table
+
+
+def epoch_ms(text: pa.Array) -> pa.Array:
+    """Event times as text - epoch-ms digits or RFC 3339 with a zone - to epoch ms, with Arrow:
+    digits cast to int64, the rest cast to UTC microseconds by Arrow's ISO 8601 parser (offsets
+    applied) and floored to ms, as the pipeline's parse_timestamp does."""
+    digits = pc.match_substring_regex(text, r"^-?\d+$")
+    numbers = pc.cast(pc.if_else(digits, text, "0"), pa.int64()).to_numpy()
+    micros = pc.cast(pc.if_else(digits, None, text), pa.timestamp("us", tz="UTC"))
+    from_text = np.floor_divide(pc.cast(micros, pa.int64()).fill_null(0).to_numpy(), 1000)
+    return pa.array(np.where(digits.to_numpy(zero_copy_only=False), numbers, from_text))
+
+
+def first_of_each_id(table: pa.Table, id_field: str) -> pa.Table:
+    """The first row of each id. Dictionary codes are given in order of first appearance, so a
+    row is the first of its id exactly when its code exceeds every code before it."""
+    codes = pc.dictionary_encode(table[id_field]).combine_chunks().indices.to_numpy()
+    if len(codes) == 0:
+        return table
+    seen = np.maximum.accumulate(codes)
+    first = np.empty(len(codes), dtype=bool)
+    first[0] = True
+    first[1:] = codes[1:] > seen[:-1]
+    return table.filter(pa.array(first))
 
 
 def _codes(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
@@ -127,9 +178,9 @@ def fixed_view(events: pa.Table) -> pa.Table:
     return grouped.rename_columns(["item_id", "window_start", "views", "revenue"])
 
 
-def run(events_path: str, out_dir: Path) -> dict[str, int]:
+def run(events_path: str, out_dir: Path, id_field: Optional[str] = None) -> dict[str, int]:
     """Compute both views and write them to out_dir/<view>.parquet; returns rows per view."""
-    events = read_events(events_path)
+    events = read_events(events_path, id_field)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for view, table in ((SLIDING_VIEW, sliding_view(events)), (FIXED_VIEW, fixed_view(events))):

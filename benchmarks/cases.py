@@ -201,7 +201,7 @@ def handwritten(p: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.handwritten import run
 
     with _Clock() as clock:
-        result = run(p["events_path"], p["redis_url"])
+        result = run(p["events_path"], p["redis_url"], id_field=p.get("id_field"))
     return {**clock.as_dict(p["events"]), "counters": _counters(result)}
 
 
@@ -215,8 +215,22 @@ def arrow_limit(p: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.arrow_limit import run
 
     with _Clock() as clock:
-        rows = run(p["events_path"], Path(p["out_dir"]))
+        rows = run(p["events_path"], Path(p["out_dir"]), p.get("id_field"))
     return {**clock.as_dict(p["events"]), "rows": rows}
+
+
+@case
+def duckdb_sql(p: dict[str, Any]) -> dict[str, Any]:
+    """Baseline (c): DuckDB, the spec's views in SQL over the same file, `threads` threads."""
+    import duckdb
+    import yaml
+
+    from benchmarks.duckdb_baseline import run
+
+    spec = yaml.safe_load(Path(p["spec"]).read_text(encoding="utf-8"))
+    with _Clock() as clock:
+        rows = run(p["events_path"], spec, Path(p["out_dir"]), p["threads"])
+    return {**clock.as_dict(p["events"]), "rows": rows, "threads": p["threads"], "duckdb": duckdb.__version__}
 
 
 @case

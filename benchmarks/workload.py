@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -105,6 +106,9 @@ def write_spec(path: Path, spec: dict[str, Any] = SPEC) -> Path:
     return path
 
 
+_EPOCH_MS_TIME = re.compile(rb'"event_time":(-?\d+)(?=[,}])')
+
+
 def real_shaped(lines: Iterable[bytes], seed: int, duplicate_share: float = 0.01) -> Iterator[bytes]:
     """Events shaped like real logs: event times as RFC 3339 strings (with and without fractions,
     `Z` and offsets) mixed with epoch ms in one file, and ~1 % of events redelivered a little
@@ -118,11 +122,15 @@ def real_shaped(lines: Iterable[bytes], seed: int, duplicate_share: float = 0.01
     )
     pending: list[bytes] = []
     for line in lines:
-        record = json.loads(line)
+        # Only the time changes: splice it into the line (what json.loads + dumps of the record
+        # gives, byte for byte, at half the cost).
+        out = line
         if rng.random() < 0.6:
-            when = dt.datetime.fromtimestamp(record["event_time"] / 1000, dt.timezone.utc)
-            record["event_time"] = rng.choice(formats)(when)
-        out = json.dumps(record, separators=(",", ":")).encode()
+            found = _EPOCH_MS_TIME.search(line)
+            if found:
+                when = dt.datetime.fromtimestamp(int(found.group(1)) / 1000, dt.timezone.utc)
+                text = json.dumps(rng.choice(formats)(when)).encode()
+                out = line[: found.start(1)] + text + line[found.end(1):]
         yield out
         if rng.random() < duplicate_share:
             pending.append(out)
