@@ -76,8 +76,9 @@ def test_value_mismatch_and_missing_entity(tmp_path, project):
     write_jsonl(str(events), generate(800, seed=6, users=5, items=5, events_per_second=10))
     spec_path = _spec(tmp_path, project)
     offline, url = str(tmp_path / "offline"), f"sqlite:///{tmp_path}/online.db"
-    backfill_features.run(["--events", str(events), "--feature_spec", spec_path, "--online_store", url,
-                           "--offline_store", offline, "--runner", "FnApiRunner"])
+    result = backfill_features.run(["--events", str(events), "--feature_spec", spec_path, "--online_store", url,
+                                    "--offline_store", offline, "--runner", "FnApiRunner"])
+    assert not [d for d in result.metrics().query()["distributions"] if d.key.metric.namespace == "freshness"]
     conn = sqlite3.connect(tmp_path / "online.db")
     # same pane, another value: only a value comparison can see it
     conn.execute(f"UPDATE {project}_item_1h SET value = (SELECT value FROM {project}_item_1h "
@@ -109,9 +110,17 @@ def test_replay_with_late_panes_is_consistent(tmp_path):
     write_jsonl(str(events), generate(1200, seed=5, users=12, items=30, events_per_second=2,
                                       late_fraction=0.05, late_delay_ms=600_000))
     online, offline = f"sqlite:///{tmp_path}/online.db", str(tmp_path / "offline")
-    streaming_features.run(["--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC),
-                            "--online_store", online, "--offline_store", offline,
-                            "--runner", "BundleBasedDirectRunner"])
+    result = streaming_features.run(["--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC),
+                                     "--online_store", online, "--offline_store", offline,
+                                     "--runner", "BundleBasedDirectRunner"])
+    # freshness: one lag sample (processing time minus window end, >= 0) per online write, per
+    # view; the replay's runner reports metrics of some bundles only, so compare with its counter
+    query = result.metrics().query()
+    lags = [d.committed for d in query["distributions"] if d.key.metric.namespace == "freshness"]
+    written = sum(c.committed for c in query["counters"] if c.key.metric.name == "rows_written"
+                  and c.key.metric.namespace == "online_store")
+    assert lags and sum(lag.count for lag in lags) == written > 0
+    assert all(lag.min >= 0 for lag in lags)
     timings = set(read_offline(offline, load_spec(EXAMPLE_SPEC), "user_5m")["pane_timing"].to_pylist())
     assert timings == {"EARLY", "ON_TIME", "LATE"}
     reports = check_consistency(str(EXAMPLE_SPEC), online, offline)

@@ -27,7 +27,7 @@ from transforms.io.online.registry import open_online_store
 from transforms.records import DeadLetter, FeatureRow, ViewLayout, layouts
 from transforms.spec import FeatureSpecFile
 from transforms.streaming.pubsub import check_topic
-from transforms.windows import is_current_window
+from transforms.windows import is_current_window, is_stream
 
 _LOG = logging.getLogger(__name__)
 Rows = Union[FeatureRow, list]  # a row, or a list of one view's rows (the fast path)
@@ -47,6 +47,10 @@ class _WriteOnlineFn(beam.DoFn):
         self._batches = Metrics.counter("online_store", "batches")
         self._latency = Metrics.distribution("online_store", "batch_write_ms")
         self._retries = Metrics.counter("online_store", "retries")
+        # freshness, streaming only (set by WriteOnline): processing time minus window end when a
+        # row is written, per view (EARLY panes, written before their window ends, count as 0)
+        self.lag = False
+        self._lag_ms = {view: Metrics.distribution("freshness", f"lag_ms.{view}") for view in views}
 
     def setup(self) -> None:
         self._store = open_online_store(self._url, self._spec, self._views)
@@ -59,6 +63,8 @@ class _WriteOnlineFn(beam.DoFn):
         if not is_current_window(row, self._views[row.view]):
             self._not_current.inc()
             return
+        if self.lag:
+            self._lag_ms[row.view].update(max(0, int(time.time() * 1000) - row.window_end_ms))
         self._buffer.append(row)
         if len(self._buffer) >= self._batch_size:
             self._flush()
@@ -123,6 +129,7 @@ class WriteOnline(beam.PTransform[PCollection[FeatureRow], PCollection[None]]):
     def expand(self, rows: PCollection[FeatureRow]) -> PCollection[None]:
         if self._latest_only:
             rows = rows | NewestCurrentRows(self._views)
+        self._fn.lag = is_stream(rows)
         return rows | "Upsert current windows" >> beam.ParDo(self._fn)
 
 
