@@ -21,7 +21,7 @@ import pytest
 import yaml
 from apache_beam.testing.test_stream import TestStream
 
-from conftest import REPO, streaming_options
+from conftest import REPO, runner_args, streaming_options
 from pipelines import backfill_features
 from pipelines.feast_repo import write_repo
 from pipelines.training_set import main as training_main
@@ -331,7 +331,8 @@ def test_usage_errors_exit_2(backfilled, tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_beam_variant_equals_the_local_join(backfilled, tmp_path):
+@pytest.mark.parametrize("engine", ["fnapi", "prism"])
+def test_beam_variant_equals_the_local_join(backfilled, tmp_path, engine):
     """--runner: the Beam pipeline (labels in several files and row groups, a null key) writes
     part files that, read in name order, equal the local join."""
     from transforms.training_beam import buckets_of
@@ -344,7 +345,7 @@ def test_beam_variant_equals_the_local_join(backfilled, tmp_path):
     pq.write_table(labels.slice(500), second, row_group_size=300)
     out = tmp_path / "train.parquet"
     training_main(["--feature_spec", spec_path, "--offline_store", offline, "--labels", str(tmp_path / "labels" / "*.parquet"),
-                   "--features", ",".join(FEATURES), "--output", str(out), "--runner", "FnApiRunner"])
+                   "--features", ",".join(FEATURES), "--output", str(out), *runner_args(engine)])
     got = pq.read_table(out)  # a directory of part files, in label order by name
     assert sorted(p.name for p in out.iterdir()) == [f"part-00000-0000{i}.parquet" for i in range(3)] + \
         [f"part-00001-0000{i}.parquet" for i in range(2)]
