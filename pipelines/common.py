@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.cli import check_flags, describe_failure, fail, handle_help
 from pipelines.flags import EventFileFlags, FeatureStoreFlags, PubSubInputFlags
-from transforms.io.online.base import StoreError
+from transforms.io.online.base import StoreConfigError, StoreError
 from transforms.io.online.config import redact_url
 from transforms.io.online.registry import open_online_store
 from transforms.spec import FeatureSpecFile, SpecError, load_spec
@@ -230,7 +230,7 @@ def run_main(program: str, main, argv: Optional[Sequence[str]] = None, options: 
         if options:
             check_flags(options, argv)
         main()
-    except (SpecError, UsageError) as err:
+    except (SpecError, UsageError, StoreConfigError) as err:  # an unsupported store URL is a usage error
         fail(program, str(err))
     except Exception as err:
         if "--verbose" in argv:

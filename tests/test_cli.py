@@ -72,6 +72,18 @@ def test_an_unknown_flag_is_refused_with_a_suggestion_and_nothing_is_written(mod
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
 
 
+@pytest.mark.parametrize("module", [backfill_features, streaming_features])
+def test_an_unsupported_store_url_is_a_usage_error(module, tmp_path, capsys):
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(b"\n".join(generate(10, seed=1)) + b"\n")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--events", str(events), "--feature_spec", str(EXAMPLE_SPEC), "--online_store",
+                     "mysql://u:pw@h/db", "--offline_store", str(tmp_path / "off")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unsupported URL 'mysql://u:***@h/db'" in err[0] and "pw@" not in err[0], err
+
+
 def test_beams_own_options_pass_through(tmp_path, capsys):
     events = tmp_path / "e.jsonl"
     events.write_bytes(b"\n".join(generate(200, seed=1)) + b"\n")
