@@ -14,7 +14,6 @@ runs as a Beam pipeline and OUT is a directory of part files, in label order by 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -26,7 +25,6 @@ import pyarrow.parquet as pq
 from transforms.training import TrainingSetError, ViewRequest, join_labels, parse_features
 
 PROGRAM = "training_set"
-_LOG = logging.getLogger(__name__)
 
 
 def read_labels(path: str) -> pa.Table:

@@ -358,3 +358,11 @@ def test_beam_variant_equals_the_local_join(backfilled, tmp_path, engine):
     assert buckets_of(keys.slice(3), 16).tolist() == whole[3:]
     assert len(set(buckets_of(pa.array([f"u{i}" for i in range(1000)]), 16).tolist())) == 16
     assert buckets_of(pa.array([5, 5, None], pa.int64()), 7).tolist()[0] == buckets_of(pa.array([5], pa.int64()), 7)[0]
+
+
+def test_a_view_with_no_rows_yet_gives_nulls(backfilled, tmp_path):
+    _, spec_path, _ = backfilled
+    labels = make_labels(n=20)
+    got = training_set(spec_path, str(tmp_path / "empty"), labels, ["user_fixed:last_amounts", "item_sess:avg"])
+    assert got["user_fixed__last_amounts"].type == pa.list_(pa.float64())
+    assert got["user_fixed__last_amounts"].null_count == got["item_sess__avg"].null_count == 20

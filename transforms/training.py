@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -215,8 +215,8 @@ def feature_columns(panes: pa.Table, request: ViewRequest, picked: np.ndarray) -
     indices = pa.array(picked, pa.int64(), mask=picked < 0)
     out = []
     for name, column in zip(request.features, request.columns):
-        source = panes[name] if panes.num_rows else pa.chunked_array([], panes.schema.field(name).type)
-        out.append((column, source.take(indices) if panes.num_rows else pa.nulls(len(picked), source.type)))
+        values = panes[name]
+        out.append((column, values.take(indices) if panes.num_rows else pa.nulls(len(picked), values.type)))
     return out
 
 
