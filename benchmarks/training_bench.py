@@ -5,7 +5,7 @@
 Backfills `--events` generated shop events (pipelines/examples/shop.yaml, FnApiRunner) into a
 temporary offline store, draws `--labels` random labels (users, items, times over the events'
 span and an hour past it), and times `pipelines.training_set` end to end: read the labels
-Parquet, read the offline store, join, write the output. `--feast N` also times Feast's
+Parquet, read the offline store, join, write the output. `--beam RUNNER` also times the Beam variant. `--feast N` also times Feast's
 get_historical_features on the first N labels through the generated repository (0: skip).
 """
 
@@ -34,6 +34,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--feast", type=int, default=0)
+    parser.add_argument("--beam", help="Also time the Beam variant on this runner (e.g. FnApiRunner, PrismRunner).")
     parser.add_argument("--json", help="Write the result here too.")
     args = parser.parse_args(argv)
 
@@ -78,6 +79,15 @@ def main(argv=None) -> dict:
         "labels_per_s": round(args.labels / join_s),
         "non_null": {c: table.num_rows - table[c].null_count for c in table.column_names[4:6]},
     }
+    if args.beam:
+        started = time.perf_counter()
+        training_main(["--feature_spec", SPEC, "--offline_store", offline, "--labels", labels_path,
+                       "--features", ",".join(FEATURES), "--output", os.path.join(work, "train_beam"),
+                       "--runner", args.beam])
+        result["beam_runner"] = args.beam
+        result["beam_s"] = round(time.perf_counter() - started, 1)
+        beam_table = pq.read_table(os.path.join(work, "train_beam"))
+        result["beam_equal"] = beam_table.equals(table)
     if args.feast:
         from feast import FeatureStore
 
