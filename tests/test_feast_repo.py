@@ -1,4 +1,5 @@
 """pipelines.feast_repo: the generated repository is applied by `feast apply` with no hand edits,
+served by `feast serve` (SQLite case),
 and Feast reads what our pipelines wrote: get_online_features equals get_features (SQLite and
 Redis; string and int64 entity keys; list features), get_historical_features equals training_set
 (also in tests/test_training_set.py, label by label)."""
@@ -8,12 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 from pipelines import backfill_features
 from pipelines.feast_repo import FeastRepoError, main as feast_repo_main, online_store_config
 from pipelines.get_features import get_features
@@ -57,6 +60,9 @@ def test_feast_reads_the_stores_through_the_generated_repository(tmp_path, proje
             assert got[feature.name] == [line["features"][feature.name] for line in ours], (view.name, feature.name)
         assert any(line["window_end"] for line in ours) and ours[-1]["window_end"] is None
 
+    if online_url.startswith("sqlite"):
+        _check_feast_serve(repo, spec_path, online_url)
+
     labels = make_labels(n=200)
     ours = training_set(spec_path, offline, labels, FEATURES)
     entity_df = labels.append_column("row", pa.array(np.arange(labels.num_rows))).to_pandas()
@@ -68,6 +74,37 @@ def test_feast_reads_the_stores_through_the_generated_repository(tmp_path, proje
                             ("item_sess__avg", "avg")):
         mine = ours[column].to_pylist()
         assert [_plain(v) for v in feast[feature]] == [mine[r] for r in feast["row"]]
+
+
+def _check_feast_serve(repo, spec_path: str, online_url: str) -> None:
+    """`feast serve` on the generated repository answers /get-online-features with our values."""
+    port = free_port()
+    server = subprocess.Popen([FEAST, "serve", "--port", str(port), "--no-access-log"], cwd=repo,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"features": ["user_fixed:n", "user_fixed:last_kind"],
+                           "entities": {"user_id": ["u1", "u2", "nobody"]}}).encode()
+        deadline = time.time() + 60
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    answer = json.loads(response.read())
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(20)
+    names = answer["metadata"]["feature_names"]
+    values = {name: result["values"] for name, result in zip(names, answer["results"])}
+    ours = get_features(spec_path, online_url, "user_fixed", ["u1", "u2", "nobody"])
+    assert values["n"] == [line["features"]["n"] for line in ours]
+    assert values["last_kind"] == [line["features"]["last_kind"] for line in ours]
+    assert values["n"][0] is not None and values["n"][2] is None
 
 
 def test_generated_files(tmp_path):
