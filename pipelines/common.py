@@ -188,10 +188,19 @@ def report(result: beam.runners.runner.PipelineResult, options: Optional[Pipelin
     engine = engine_name(result, options)
     print(f"engine: {engine}", file=out)
     counters: dict[str, int] = {}
+    lags: dict[str, tuple[int, int, int]] = {}  # freshness per view: (count, sum, max) of lag ms
     try:
-        for counter in result.metrics().query()["counters"]:
+        metrics = result.metrics().query()
+        for counter in metrics["counters"]:
             key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
             counters[key] = counters.get(key, 0) + (counter.committed or counter.attempted or 0)
+        for dist in metrics.get("distributions", []):
+            if dist.key.metric.namespace == "freshness" and dist.key.metric.name.startswith("lag_ms."):
+                data = dist.committed or dist.attempted
+                if data is not None and data.count:
+                    view = dist.key.metric.name.split(".", 1)[1]
+                    count, total, top = lags.get(view, (0, 0, 0))
+                    lags[view] = (count + data.count, total + data.sum, max(top, data.max))
     except Exception as err:  # some runners do not support metrics queries
         _LOG.info("metrics unavailable: %s", err)
         return counters
@@ -204,7 +213,7 @@ def report(result: beam.runners.runner.PipelineResult, options: Optional[Pipelin
             except SpecError:
                 spec = None
         elapsed = time.monotonic() - _STARTED[0] if _STARTED else None
-        print("\n".join(run_summary(counters, spec, elapsed, engine)), file=out)
+        print("\n".join(run_summary(counters, spec, elapsed, engine, lags)), file=out)
         print("counters:", file=out)
         for key in sorted(counters):
             print(f"  {key:45s} {counters[key]:>12,}", file=out)

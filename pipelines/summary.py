@@ -59,7 +59,7 @@ def print_summary(summary: dict, events_in: Optional[int] = None, out=None) -> N
 
 
 def run_summary(counters: dict[str, int], spec: Optional[FeatureSpecFile], elapsed_s: Optional[float],
-                engine: str) -> list[str]:
+                engine: str, lags: Optional[dict[str, tuple[int, int, int]]] = None) -> list[str]:
     """The table every batch run ends with: events in, used, refused by reason, duplicates
     removed, rows written per view and store, dead letters; elapsed and engine; then a warning
     per field that had no value in any event (a typo in the spec, most likely)."""
@@ -92,6 +92,9 @@ def run_summary(counters: dict[str, int], spec: Optional[FeatureSpecFile], elaps
                      + (f"  ({stale:,} older than the stored window: skipped)" if stale else ""))
     if "dead_letters.written" in counters:
         lines.append(f"  {'dead letters written':<28}{count('dead_letters.written'):>14,}")
+    for view, (n, total, top) in sorted((lags or {}).items()):  # streaming: processing time - window end
+        lines.append(f"  {'freshness ' + view:<28}{'':>14}  mean lag {total / n / 1000:,.1f} s, max {top / 1000:,.1f} s "
+                     f"over {n:,} online writes")
     if spec is not None and parsed:
         for field, features in _fields_of(spec).items():
             missing = counters.get(f"fields.no_value.{field}")

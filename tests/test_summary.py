@@ -46,3 +46,14 @@ def test_summary_reconciles_and_warns_about_a_field_never_seen(tmp_path, capsys,
                         "a typo in the spec? `python -m pipelines.check_spec` compares a spec with a sample "
                         "of events"]
     assert "  fields.no_value.amout " in err and "fields.no_value.amount " not in err  # amount: always there
+
+
+def test_streaming_freshness_is_summarised_per_view():
+    from pipelines.summary import run_summary
+
+    lines = run_summary({"parse.events_in": 10, "parse.parsed": 10, "online_store.rows_written": 3}, None, 2.0,
+                        "Prism", {"user_5m": (3, 6_000, 4_000), "item_1h": (1, 500, 500)})
+    assert lines[0] == "summary (2.0 s, engine Prism):"
+    assert [line.split()[1] + ": " + line.split("  ")[-1].strip() for line in lines if "freshness" in line] == [
+        "item_1h: mean lag 0.5 s, max 0.5 s over 1 online writes",
+        "user_5m: mean lag 2.0 s, max 4.0 s over 3 online writes"]
