@@ -89,4 +89,7 @@ class FeatureViewCombineFn(beam.CombineFn):
         return (acc[0],) + tuple(op.extract(state) for op, state in zip(self.aggregations, acc[1:]))
 
     def get_accumulator_coder(self) -> Coder:
-        return AccumulatorCoder(self.aggregations)
+        coder = getattr(self, "_coder", None)  # one per CombineFn: callers ask for it per element
+        if coder is None:
+            coder = self._coder = AccumulatorCoder(self.aggregations)
+        return coder

@@ -147,39 +147,61 @@ class SqliteOnlineStore(OnlineStore):
         return self._retrying(lambda: self._write_once(rows))
 
     def _write_once(self, rows: Sequence[FeatureRow]) -> WriteResult:
+        """One transaction per batch: the stored (window end, pane) of every key in one query per
+        900 keys, the rows judged in order against it as one by one would be (older windows and
+        the same pane again are stale), then only each key's last winner written, in one
+        statement per table."""
         conn = self._conn
         written = stale = 0
         now_ms = int(time.time() * 1000)
         created = _sqlite_ts(now_ms)
+        keyed = []
+        for row in rows:
+            layout = self.layout(row.view)
+            keyed.append((row, layout, serialize_entity_key([layout.join_key], [row.entity], [layout.key_dtype])))
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for row in rows:
-                layout = self.layout(row.view)
-                key = serialize_entity_key([layout.join_key], [row.entity], [layout.key_dtype])
-                stored = conn.execute(
-                    f"SELECT window_end, pane_index FROM {self._meta} WHERE view = ? AND entity_key = ?",
-                    (row.view, key),
-                ).fetchone()
+            current: dict[tuple[str, bytes], tuple[int, int]] = {}
+            keys_by_view: dict[str, list[bytes]] = {}
+            for row, _, key in keyed:
+                keys_by_view.setdefault(row.view, []).append(key)
+            for view, keys in keys_by_view.items():
+                unique = list(dict.fromkeys(keys))
+                for i in range(0, len(unique), self._CHUNK):
+                    chunk = unique[i:i + self._CHUNK]
+                    for key, end, pane in conn.execute(
+                            f"SELECT entity_key, window_end, pane_index FROM {self._meta} "
+                            f"WHERE view = ? AND entity_key IN ({','.join('?' * len(chunk))})", (view, *chunk)):
+                        current[(view, key)] = (end, pane)
+            winners: dict[tuple[str, bytes], tuple[FeatureRow, ViewLayout, bytes]] = {}
+            for row, layout, key in keyed:
+                stored = current.get((row.view, key))
                 # Skip older windows, and the exact same pane (a replay leaves the same state).
-                if stored is not None and (row.window_end_ms, row.pane_index) <= tuple(stored):
+                if stored is not None and (row.window_end_ms, row.pane_index) <= stored:
                     stale += 1
                     continue
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {self._meta} VALUES (?, ?, ?, ?, ?, ?)",
-                    (row.view, key, row.window_start_ms, row.window_end_ms, row.pane_index, now_ms),
-                )
+                current[(row.view, key)] = (row.window_end_ms, row.pane_index)
+                winners[(row.view, key)] = (row, layout, key)
+                written += 1
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {self._meta} VALUES (?, ?, ?, ?, ?, ?)",
+                [(row.view, key, row.window_start_ms, row.window_end_ms, row.pane_index, now_ms)
+                 for row, _, key in winners.values()],
+            )
+            values_by_view: dict[str, list[tuple]] = {}
+            for row, layout, key in winners.values():
                 event_ts = _sqlite_ts(row.window_end_ms)
+                values_by_view.setdefault(row.view, []).extend(
+                    (key, name, encode_value(value, kind), _value_text(value), event_ts, created)
+                    for name, kind, value in zip(layout.feature_names, layout.value_types, row.features))
+            for view, values in values_by_view.items():
                 conn.executemany(
-                    f"INSERT INTO {self._table(row.view)} (entity_key, feature_name, value, value_text, "
+                    f"INSERT INTO {self._table(view)} (entity_key, feature_name, value, value_text, "
                     "event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) "
                     "DO UPDATE SET value = excluded.value, value_text = excluded.value_text, "
                     "event_ts = excluded.event_ts, created_ts = excluded.created_ts",
-                    [
-                        (key, name, encode_value(value, kind), _value_text(value), event_ts, created)
-                        for name, kind, value in zip(layout.feature_names, layout.value_types, row.features)
-                    ],
+                    values,
                 )
-                written += 1
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back (a full disk, an I/O error): a second ROLLBACK
