@@ -172,9 +172,10 @@ def test_windows_assembled_from_one_tile(tmp_path):
                                 "event_type": "click"}) + "\n")
     with beam.Pipeline(options=batch_options()) as p:
         out = p | tiles.TiledBackfill(spec, [str(path)])
-        rows = (out.row_batches | beam.FlatMap(lambda batch: batch)  # one list of rows per entity
-                | beam.Filter(lambda r: r.view == "user_5m"))
-        assert_that(rows | beam.Map(lambda r: (r.window_start_ms, r.window_end_ms, r.features[0], r.features[1])),
+        rows = (out.row_batches | beam.Filter(lambda batch: batch.view == "user_5m")  # RowTables
+                | beam.FlatMap(lambda batch: batch.table.to_pylist()))
+        ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
+        assert_that(rows | beam.Map(lambda r: (ms(r["window_start"]), ms(r["window_end"]), r["clicks"], r["spend"])),
                     equal_to([(e - 300_000, e, 1, 2.0) for e in (180_000, 240_000, 300_000, 360_000, 420_000)]))
         # the online store's row: the earliest-ending window, the one whose last period holds the event
         newest = out.newest | beam.Filter(lambda r: r.view == "user_5m")

@@ -29,7 +29,7 @@ class FeatureOutputs(NamedTuple):
 
 
 class TiledOutputs(NamedTuple):
-    row_batches: PCollection  # lists of FeatureRows of one view (all windows)
+    row_batches: PCollection  # RowTables (tiled views) or lists of FeatureRows of one view (the others)
     newest_rows: PCollection  # the newest current FeatureRow per (view, entity)
     dead_letters: PCollection
 

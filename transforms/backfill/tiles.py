@@ -42,6 +42,7 @@ from transforms.combine import FeatureViewCombineFn
 from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
 from transforms import progress
 from transforms.gcpause import gc_paused
+from transforms.io.offline import RowTable, rows_to_table
 from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts, event_timestamp
 from transforms.records import Event, FeatureRow, layouts
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
@@ -246,7 +247,7 @@ class _AssembleWindows(beam.DoFn):
     and (tagged NEWEST_TAG) the entity's newest current window: the one row the online store
     keeps. Entities are buffered and assembled `BATCH_TILES` tiles at a time in one vectorised
     pass (per-entity numpy calls would cost more than the arithmetic when entities have few
-    tiles); the rows of a batch leave as one list of one view's rows (Parquet in bulk)."""
+    tiles); the rows of a batch leave as one RowTable of one view (Arrow: encoded once, written in bulk)."""
 
     BATCH_TILES = 20_000
 
@@ -299,7 +300,7 @@ class _AssembleWindows(beam.DoFn):
                     current = next((row for row in reversed(entity_rows) if is_current_window(row, layout)), None)
                     if current is not None:
                         newest.append(current)
-            yield rows
+            yield RowTable(view, rows_to_table(rows, layout, created_us=0))  # the writer sets created
             for row in newest:
                 yield pvalue.TaggedOutput(NEWEST_TAG, row)
 
@@ -310,7 +311,7 @@ def _global(value: Any) -> WindowedValue:
 
 
 class TiledRead(NamedTuple):
-    row_batches: beam.PCollection  # lists of FeatureRows of the tileable views, one per entity
+    row_batches: beam.PCollection  # RowTables of the tileable views (one view and batch each)
     newest: beam.PCollection  # of those, the newest current window per (view, entity)
     events: beam.PCollection  # parsed Events, for the other views (empty when all are tileable)
     dead_letters: beam.PCollection

@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Optional, Union
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection
@@ -30,7 +31,7 @@ from transforms.streaming.pubsub import check_topic
 from transforms.windows import is_current_window, is_stream
 
 _LOG = logging.getLogger(__name__)
-Rows = Union[FeatureRow, list]  # a row, or a list of one view's rows (the fast path)
+Rows = Union[FeatureRow, list, offline.RowTable]  # a row, a list of one view's rows, or them as a table
 
 
 class _WriteOnlineFn(beam.DoFn):
@@ -153,10 +154,14 @@ class _WriteOfflineFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._buffer = defaultdict(list)
+        self._tables: dict[str, list] = defaultdict(list)
         self._count = 0
 
-    def process(self, element: Union[FeatureRow, list[FeatureRow]]) -> Iterable[tuple[str, str]]:
-        if isinstance(element, list):  # a batch of one view's rows
+    def process(self, element: Rows) -> Iterable[tuple[str, str]]:
+        if isinstance(element, offline.RowTable):  # the fast path's rows, already a table
+            self._tables[element.view].append(element.table)
+            self._count += element.table.num_rows
+        elif isinstance(element, list):  # a batch of one view's rows
             if element:
                 self._buffer[element[0].view].extend(element)
                 self._count += len(element)
@@ -174,15 +179,20 @@ class _WriteOfflineFn(beam.DoFn):
         commit = self._commit
         root = commit.staging(self._root) if commit else self._root
         prefix = f"part-{commit.key}" if commit else "part"
-        for view, rows in self._buffer.items():
-            paths = offline.write_rows(root, self._views[view], rows, self._to_table, prefix)
+        written = [(view, offline.write_rows(root, self._views[view], rows, self._to_table, prefix), len(rows))
+                   for view, rows in self._buffer.items()]
+        for view, tables in self._tables.items():
+            table = pa.concat_tables(tables)
+            written.append((view, offline.write_table(root, self._views[view], table, prefix), table.num_rows))
+        for view, paths, n_rows in written:
             self._files.inc(len(paths))
-            self._rows.inc(len(rows))
-            self._view_rows[view].inc(len(rows))
+            self._rows.inc(n_rows)
+            self._view_rows[view].inc(n_rows)
             if commit:
                 for path in paths:
                     yield commit.final_path(self._root, root, path), path
         self._buffer = defaultdict(list)
+        self._tables = defaultdict(list)
         self._count = 0
 
 
