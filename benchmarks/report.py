@@ -524,7 +524,8 @@ def _shape_rows(results: dict[str, Any]) -> list[str]:
         hw_case = _ok(results, e["handwritten_case"]) if e["handwritten_case"] else None
         hw_text = _fmt(e["handwritten_events_per_s"])
         if hw_case:
-            hw_text += f" ({_n(hw_case['events'])})"
+            count = hw_case["events"]
+            hw_text += f" ({_n(count) if count % 1000 == 0 else f'{count:,}'} events)"
         lines.append(_row(
             SHAPES[shape]["title"],
             _fmt(e["ours_events_per_s"]),
@@ -860,6 +861,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
             )
         right.set_ylim(min(v for _, v in writers) / 3, max(v for _, v in writers) * 8)
         right.tick_params(axis="x", labelsize=8)
+    else:
+        failed = results["cases"].get("b3_redis") or {}
+        right.set_axis_off()
+        right.set_title("B3: Redis sink")
+        right.text(0.5, 0.5, f"B3 failed:\n{(failed.get('error') or 'not run')[-160:]}", ha="center",
+                   va="center", wrap=True, fontsize=8, transform=right.transAxes)
     env = results["environment"]
     fig.suptitle(
         f"{env['nproc']} cores {env['cpu_model']}, Python {env['python']}, Beam {env['beam']}, "
