@@ -16,7 +16,6 @@ if __name__ == "__main__":  # --help before the imports below load Beam (~0.2 s 
     help_before_imports("backfill_features", __doc__)
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.flags import BackfillFlags
@@ -26,13 +25,13 @@ from pipelines.common import (
     UsageError,
     check_online_store,
     check_outputs,
+    file_progress,
     is_local,
     require,
     redacted,
     report,
     run_main,
 )
-from transforms import progress
 from transforms.backfill.files import DeadLetterPayloads, ReadEventFiles, matching_files
 from transforms.feature_pipeline import FeaturePipeline, TiledFeaturePipeline, WriteFeatures
 from transforms.io.commit import RunCommit
@@ -104,22 +103,11 @@ def run(argv: Optional[Sequence[str]] = None) -> beam.runners.runner.PipelineRes
     return result
 
 
-def input_bytes(pattern: str) -> Optional[int]:
-    """The size of the files matching `pattern` (None when the filesystem can't say)."""
-    try:
-        return sum(m.size_in_bytes for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # an unmatched glob or a filesystem without sizes: progress without a total
-        return None
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
         options = PipelineOptions(argv)
-        progress.start("backfill_features", input_bytes(options.view_as(EventFileOptions).events or ""))
-        try:
+        with file_progress("backfill_features", options):
             result = run(argv)
-        finally:
-            progress.stop()
         report(result, options)
 
     run_main("backfill_features", _main, argv, OPTIONS, __doc__)

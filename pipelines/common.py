@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import contextlib
 import sys
 import time
 import traceback
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import check_flags, describe_failure, fail, handle_help
 from pipelines.flags import EventFileFlags, FeatureStoreFlags, PubSubInputFlags
+from transforms import progress
 from transforms.io.online.base import StoreConfigError, StoreError
 from transforms.io.online.config import redact_url
 from transforms.io.online.registry import open_online_store
@@ -218,6 +220,30 @@ def report(result: beam.runners.runner.PipelineResult, options: Optional[Pipelin
         for key in sorted(counters):
             print(f"  {key:45s} {counters[key]:>12,}", file=out)
     return counters
+
+
+def input_bytes(pattern: str) -> Optional[int]:
+    """The size of the files matching `pattern` (None when the filesystem can't say)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return sum(m.size_in_bytes for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # an unmatched glob or a filesystem without sizes: progress without a total
+        return None
+
+
+@contextlib.contextmanager
+def file_progress(program: str, options: PipelineOptions) -> Iterator[None]:
+    """Progress of a run reading --events files (transforms.progress), while it lasts."""
+    events = options.view_as(EventFileOptions).events
+    if not events:
+        yield
+        return
+    progress.start(program, input_bytes(events))
+    try:
+        yield
+    finally:
+        progress.stop()
 
 
 _STARTED: list[float] = []  # when run_main started the entry point (for the summary's elapsed time)

@@ -32,6 +32,7 @@ from pipelines.common import (
     UsageError,
     check_online_store,
     check_outputs,
+    file_progress,
     is_local,
     redacted,
     report,
@@ -166,7 +167,10 @@ def run(
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
-        report(run(argv), PipelineOptions(argv))
+        options = PipelineOptions(argv)
+        with file_progress("embed_texts", options):
+            result = run(argv)
+        report(result, options)
 
     run_main("embed_texts", _main, argv, OPTIONS, __doc__)
 

@@ -13,6 +13,7 @@ Without --replay, --events files are read as a (finite) stream: on Prism locally
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -36,6 +37,7 @@ from pipelines.common import (
     UsageError,
     check_online_store,
     check_outputs,
+    file_progress,
     dead_letter_destination,
     engine_name,
     is_local,
@@ -172,8 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     def _main() -> None:
         started = time.time()
         replay_stats: list[ReplayStats] = []
-        result = run(argv, on_start=lambda _, stats: replay_stats.append(stats))
         options = PipelineOptions(argv)
+        # files read as a stream report their progress; the replay's TestStream holds them already
+        with file_progress("streaming_features", options) if "--replay" not in argv else contextlib.nullcontext():
+            result = run(argv, on_start=lambda _, stats: replay_stats.append(stats))
         if options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
             # Beam's DirectRunner keeps only the last bundle's counters in streaming runs:
             # count from what the run wrote instead.

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import EXAMPLE_SPEC
 from pipelines import backfill_features
+from pipelines.common import input_bytes
 from transforms import progress
 
 
@@ -20,7 +21,7 @@ def test_readers_report_every_byte_and_line(tmp_path, preaggregate):
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(lines) + "\n")
     out = io.StringIO()
-    shown = progress.start("backfill_features", backfill_features.input_bytes(str(events)), stream=out,
+    shown = progress.start("backfill_features", input_bytes(str(events)), stream=out,
                            interval_s=0.0, bar=False)
     try:
         backfill_features.run(["--events", str(events), "--feature_spec", str(EXAMPLE_SPEC), "--runner", "FnApiRunner",
