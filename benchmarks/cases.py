@@ -249,6 +249,38 @@ def redis_sink(p: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+@case
+def training_set(p: dict[str, Any]) -> dict[str, Any]:
+    """Issue 16: benchmarks.training_bench - backfill shop events into an offline store, then
+    `pipelines.training_set` on `labels` random labels x 10 features (timed end to end: read the
+    labels, read the store, join, write), and Feast's get_historical_features on the first
+    `feast` labels through the generated repository."""
+    import tempfile
+
+    from benchmarks import training_bench
+
+    out = Path(p["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(out)  # its work directory (events, store, labels) goes with the suite's
+    argv = ["--labels", str(p["labels"]), "--events", str(p["events"]), "--users", str(p["users"]),
+            "--feast", str(p["feast"])]
+    with _Clock() as clock:
+        result = training_bench.main(argv)
+    return {**result, "argv": argv, "shop_events": p["events"], "shop_users": p["users"],
+            "case_elapsed_s": round(clock.elapsed_s, 3), "case_cpu_s": round(clock.cpu_s, 3)}
+
+
+@case
+def online_read(p: dict[str, Any]) -> dict[str, Any]:
+    """Issue 14 item 5: benchmarks.online_read_bench - FeatureReader vs Feast's
+    get_online_features on the suite's redis-server, and one `get_features` CLI call."""
+    from benchmarks import online_read_bench
+
+    with _Clock() as clock:
+        result = online_read_bench.run(p["entities"], redis_url=p["redis_url"])
+    return {**result, "case_elapsed_s": round(clock.elapsed_s, 3), "case_cpu_s": round(clock.cpu_s, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", choices=sorted(_CASES))

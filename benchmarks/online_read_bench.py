@@ -3,8 +3,9 @@ time of one `get_features` call.
 
     python -m benchmarks.online_read_bench [--entities 20000] [--out results/online_read.json]
 
-One redis-server of our own is filled by RedisOnlineStore.write (the sliding view of the benchmark
-spec: 7 features, one row per entity); then, for batch sizes 100 and 1,000, both readers ask for
+One redis-server of our own (or the empty one given as `run(..., redis_url=)`: `make bench`
+passes one) is filled by RedisOnlineStore.write (the sliding view of the benchmark spec: 7
+features, one row per entity); then, for batch sizes 100 and 1,000, both readers ask for
 every entity (the same keys, the same order) and entities/s is the best of 3 passes. The values
 they return are cross-checked. A CLI call is timed as a subprocess (median of 5, wall and CPU) on
 Redis and on SQLite. Goals (issue 14, item 5): >= 10,000 entities/s, <= 0.3 s per CLI call.
@@ -13,6 +14,7 @@ Redis and on SQLite. Goals (issue 14, item 5): >= 10,000 entities/s, <= 0.3 s pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -105,16 +107,19 @@ def cli_call(spec_path: Path, url: str, entity: str, runs: int = 5) -> dict[str,
     return {"wall_s": round(statistics.median(walls), 3), "cpu_s": round(statistics.median(cpus), 3)}
 
 
-def run(entities: int) -> dict[str, Any]:
+def run(entities: int, redis_url: str | None = None) -> dict[str, Any]:
+    """The measurements on `redis_url` (an empty database: `make bench` passes a fresh server of
+    its own), or on a redis-server this starts."""
     spec = parse_spec(SPEC)
     layout = layouts(spec)[SLIDING_VIEW]
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
+        url = redis_url or stack.enter_context(RedisServer(workdir)).url
         spec_path = workdir / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(SPEC))
-        keys = fill(server.url, spec, entities)
-        reader = FeatureReader(spec, server.url)
-        feast_read = feast_store(workdir, spec, server.url)
+        keys = fill(url, spec, entities)
+        reader = FeatureReader(spec, url)
+        feast_read = feast_store(workdir, spec, url)
 
         ours_rows = reader.get(SLIDING_VIEW, keys[:500])
         feast_rows = feast_read(keys[:500])
@@ -132,7 +137,7 @@ def run(entities: int) -> dict[str, Any]:
 
         sqlite_url = f"sqlite:///{workdir}/online.db"
         fill(sqlite_url, spec, 100)
-        result["cli_call"] = {"redis": cli_call(spec_path, server.url, keys[0]),
+        result["cli_call"] = {"redis": cli_call(spec_path, url, keys[0]),
                               "sqlite": cli_call(spec_path, sqlite_url, keys[0])}
     result["goals"] = {
         "entities_per_s>=10000": min(b["ours_entities_per_s"] for b in result["batches"].values()) >= 10_000,

@@ -31,6 +31,12 @@ SHAPES: dict[str, dict[str, Any]] = {
 GOAL_EVENTS_PER_S = 100_000
 GOAL_SHARE_OF_LIMIT = 0.5
 GOAL_VS_HANDWRITTEN = 50
+# Issue 16: 1M labels x 10 features through pipelines.training_set in under a minute
+GOAL_TRAINING_LABELS = 1_000_000
+GOAL_TRAINING_S = 60.0
+# Issue 14 item 5: online reads from Redis, and one get_features CLI call
+GOAL_ONLINE_ENTITIES_PER_S = 10_000
+GOAL_CLI_CALL_S = 0.3
 
 # label -> what the row is called in the table and the chart
 EVENT_CASES = {
@@ -249,8 +255,57 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     s["real_memory_peak_mb"] = [c and c["peak_tree_rss_mb"] for c in (real, real4)]
     s["streaming"] = _streaming(results)
     s["shapes"] = _shapes(results)
+    s["training"] = _training(results)
+    s["online_read"] = _online_read(results)
     s["goals"] = _goals(s, large, streaming)
     return s
+
+
+def _training(results: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Issue 16: ours (pipelines.training_set) and Feast's get_historical_features, per label."""
+    if "training_set" not in results["cases"]:
+        return None
+    case = _ok(results, "training_set")
+    if not case:
+        return {"ok": False}
+    feast_rate = case["feast_labels"] / case["feast_s"] if case.get("feast_s") else None
+    return {
+        "ok": True,
+        "labels": case["labels"],
+        "features": case["features"],
+        "offline_rows": case["offline_rows"],
+        "training_set_s": case["training_set_s"],
+        "labels_per_s": case["labels_per_s"],
+        "feast_labels": case.get("feast_labels"),
+        "feast_s": case.get("feast_s"),
+        "feast_labels_per_s": feast_rate,
+        "ours_vs_feast_per_label": _ratio(case["labels_per_s"], feast_rate),
+        # the goal is for 1M labels: a smaller run (--quick) is not judged
+        "goal_met": case["training_set_s"] < GOAL_TRAINING_S if case["labels"] >= GOAL_TRAINING_LABELS else None,
+    }
+
+
+def _online_read(results: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Issue 14 item 5: FeatureReader and Feast's get_online_features per batch size, the CLI call."""
+    if "online_read" not in results["cases"]:
+        return None
+    case = _ok(results, "online_read")
+    if not case:
+        return {"ok": False}
+    batches = case["batches"]
+    cli = case["cli_call"]
+    return {
+        "ok": True,
+        "entities": case["entities"],
+        "features": case["features"],
+        "batches": batches,
+        "ours_min_entities_per_s": min(b["ours_entities_per_s"] for b in batches.values()),
+        "feast_max_entities_per_s": max(b["feast_entities_per_s"] for b in batches.values()),
+        "cli_call": cli,
+        "cli_max_wall_s": max(c["wall_s"] for c in cli.values()),
+        "cli_max_cpu_s": max(c["cpu_s"] for c in cli.values()),
+        "goals": case["goals"],  # as online_read_bench judged them
+    }
 
 
 def _goal(
@@ -389,7 +444,57 @@ def _goals(
             "issue 11: the id pre-pass used to hold every id (x1.62 before the hashed, sharded pre-pass)",
         )
     )
+    goals += _training_goals(s.get("training"))
+    goals += _online_read_goals(s.get("online_read"))
     return goals
+
+
+def _training_goals(t: Optional[dict[str, Any]]) -> list:
+    if t is None:
+        return []
+    name = f"Training set (issue 16): `pipelines.training_set`, {_n(GOAL_TRAINING_LABELS)} labels x 10 features"
+    target = f"< {GOAL_TRAINING_S:.0f} s"
+    if not t["ok"]:
+        return [_goal(name, target, "failed (see the training set row)", False)]
+    note = (f"{t['offline_rows']:,} offline rows; in process (read labels, read the store, join, write; "
+            "interpreter start-up and imports not counted)")
+    if t.get("feast_s"):
+        note += (f"; Feast `get_historical_features`: {t['feast_s']:.2f} s for {t['feast_labels']:,} labels "
+                 f"({_fmt(t['feast_labels_per_s'])} labels/s, ours {_fmt(t['ours_vs_feast_per_label'], ',.1f', 'x')} "
+                 "per label)")
+    if t["goal_met"] is None:
+        note = (f"smaller run, not judged (at this rate {GOAL_TRAINING_LABELS:,} labels would take "
+                f"{GOAL_TRAINING_LABELS / t['labels_per_s']:.1f} s); " + note)
+    return [_goal(name, target,
+                  f"{t['training_set_s']:.2f} s for {t['labels']:,} labels x {t['features']} features "
+                  f"({t['labels_per_s']:,.0f} labels/s)", t["goal_met"], note)]
+
+
+def _online_read_goals(o: Optional[dict[str, Any]]) -> list:
+    if o is None:
+        return []
+    names = (
+        ("FeatureReader from Redis (issue 14, item 5), every batch size",
+         f">= {GOAL_ONLINE_ENTITIES_PER_S:,} entities/s"),
+        ("One `get_features` CLI call, wall (issue 14, item 5)", f"<= {GOAL_CLI_CALL_S} s"),
+        ("One `get_features` CLI call, CPU (issue 14, item 5)", f"<= {GOAL_CLI_CALL_S} s"),
+    )
+    if not o["ok"]:
+        return [_goal(n, t, "failed (see the online reads section)", False) for n, t in names]
+    batches, cli, goals = o["batches"], o["cli_call"], o["goals"]
+    per_batch = "; ".join(
+        f"batch {int(b):,}: ours {v['ours_entities_per_s']:,}, Feast `get_online_features` "
+        f"{v['feast_entities_per_s']:,} ({v['ratio']:.2f}x)" for b, v in batches.items())
+    per_store = {key: ", ".join(f"{store} {c[key]:.3f} s" for store, c in cli.items()) for key in ("wall_s", "cpu_s")}
+    return [
+        _goal(*names[0], f"{o['ours_min_entities_per_s']:,} entities/s (slowest batch size)",
+              goals.get("entities_per_s>=10000"),
+              f"{o['entities']:,} entities x {o['features']} features, best of 3 passes; {per_batch}"),
+        _goal(*names[1], f"{o['cli_max_wall_s']:.3f} s (slowest store)", goals.get("cli_call_wall_s<=0.3"),
+              f"median of 5 subprocess calls after one warm-up: {per_store['wall_s']}"),
+        _goal(*names[2], f"{o['cli_max_cpu_s']:.3f} s (slowest store)", goals.get("cli_call_cpu_s<=0.3"),
+              f"user + system: {per_store['cpu_s']}"),
+    ]
 
 
 # -- table -----------------------------------------------------------------------------------
@@ -653,6 +758,65 @@ def _sink_rows(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _training_rows(results: dict[str, Any]) -> list[str]:
+    case = results["cases"].get("training_set")
+    if not case:
+        return []
+    if not case.get("ok"):
+        return [f"Training set (issue 16): failed: {case.get('error')}"]
+    t = results["summary"]["training"]
+    rows = [
+        (
+            f"Training set (issue 16, `benchmarks/training_bench.py`): {case['shop_events']:,} shop events "
+            f"(`pipelines/examples/shop.yaml`, {case['shop_users']:,} users) backfilled on FnApiRunner into an "
+            f"offline store ({t['offline_rows']:,} rows, {case['backfill_s']:.1f} s), then {t['labels']:,} random "
+            f"labels x {t['features']} features joined as of their times by `pipelines.training_set` (timed "
+            "in process: read the labels Parquet, read the store, join, write) and Feast's "
+            f"`get_historical_features` on the first {t['feast_labels'] or 0:,} of them (0: not run), "
+            "through the repository `pipelines.feast_repo` generates. "
+            f"Goal: {_n(GOAL_TRAINING_LABELS)} labels in < {GOAL_TRAINING_S:.0f} s."
+        ),
+        "",
+        _row("Join", "Labels", "Time", "Labels/s", "Ours vs Feast, per label"),
+        "|---|---:|---:|---:|---:|",
+        _row("**ours**: `pipelines.training_set`", f"{t['labels']:,}", f"{t['training_set_s']:.2f} s",
+             f"{t['labels_per_s']:,.0f}", _fmt(t["ours_vs_feast_per_label"], ",.1f", "x")),
+    ]
+    if t.get("feast_s"):
+        rows.append(_row("Feast `get_historical_features(...).to_df()`", f"{t['feast_labels']:,}",
+                         f"{t['feast_s']:.2f} s", _fmt(t["feast_labels_per_s"]), ""))
+    return rows
+
+
+def _online_read_rows(results: dict[str, Any]) -> list[str]:
+    case = results["cases"].get("online_read")
+    if not case:
+        return []
+    if not case.get("ok"):
+        return [f"Online reads (issue 14, item 5): failed: {case.get('error')}"]
+    o = results["summary"]["online_read"]
+    lines = [
+        (
+            f"Online reads (issue 14, item 5, `benchmarks/online_read_bench.py`): {o['entities']:,} entities "
+            f"of the sliding view ({o['features']} features) written by RedisOnlineStore into a fresh "
+            "redis-server, then read by `FeatureReader.get` and by Feast's `get_online_features` (same "
+            "keys, same order, values cross-checked), best of 3 passes per batch size; one `get_features` "
+            "call as a subprocess, median of 5 after one warm-up. Goals: >= "
+            f"{GOAL_ONLINE_ENTITIES_PER_S:,} entities/s, <= {GOAL_CLI_CALL_S} s per call."
+        ),
+        "",
+        _row("Batch size", "FeatureReader entities/s", "Feast `get_online_features` entities/s", "Ours vs Feast"),
+        "|---:|---:|---:|---:|",
+        *(_row(f"{int(b):,}", f"{v['ours_entities_per_s']:,}", f"{v['feast_entities_per_s']:,}",
+               f"{v['ratio']:.2f}x") for b, v in o["batches"].items()),
+        "",
+        _row("`get_features` CLI call, online store", "Wall (median)", "CPU (median)"),
+        "|---|---:|---:|",
+        *(_row(store, f"{c['wall_s']:.3f} s", f"{c['cpu_s']:.3f} s") for store, c in o["cli_call"].items()),
+    ]
+    return lines
+
+
 def _goal_rows(results: dict[str, Any]) -> list[str]:
     lines = [_row("Goal", "Target", "Measured", "Met", "Note"), "|---|---|---|---|---|"]
     for goal in results["summary"]["goals"]:
@@ -669,6 +833,8 @@ def table(results: dict[str, Any]) -> str:
         _shape_rows(results),
         _stream_rows(results),
         _sink_rows(results),
+        _training_rows(results),
+        _online_read_rows(results),
         _goal_rows(results),
         _details(results),
     ]

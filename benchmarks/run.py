@@ -10,6 +10,10 @@ in a fresh subprocess (so peak memory is per run):
       the engine's fixed start-up cost), each next to the hand-written streaming pipeline on the
       same engine
   B3  feature rows/s into Redis: ours vs redis-py pipelined vs per-row vs redis-benchmark
+  training set (issue 16): pipelines.training_set on 1M labels x 10 features, Feast's
+      get_historical_features on 100k of them (benchmarks/training_bench.py)
+  online reads (issue 14 item 5): FeatureReader vs Feast's get_online_features from Redis, and
+      one get_features CLI call (benchmarks/online_read_bench.py)
   (a) the hand-written Beam pipeline, (b) pyarrow alone and (c) DuckDB SQL, as baselines
 B1 and its baselines run on two event shapes (issue 14): "plain" (the generator's epoch-ms
 times, no ids, 1,000 users) and "real" (RFC 3339 times mixed with epoch ms, string ids with ~1 %
@@ -85,6 +89,17 @@ class Plan:
     # B1 on real-shaped logs (issue 14): the large count over this many users
     real_users: int = 50_000
     duckdb_threads: int = 1  # like for like with one worker and the one-thread pyarrow limit
+    # issue 16 (benchmarks/training_bench.py): `training_events` shop events over `training_users`
+    # users backfilled into an offline store, then pipelines.training_set on `training_labels`
+    # labels x 10 features (goal: 1M in < 60 s) and Feast's get_historical_features on the first
+    # `training_feast` of them (0: skip)
+    training_labels: int = 1_000_000
+    training_events: int = 300_000
+    training_users: int = 20_000
+    training_feast: int = 100_000
+    # issue 14 item 5 (benchmarks/online_read_bench.py): entities written to Redis and read by
+    # FeatureReader and Feast's get_online_features (goal: >= 10,000 entities/s), plus the CLI
+    online_read_entities: int = 20_000
 
 
 FULL = Plan()
@@ -104,6 +119,11 @@ QUICK = Plan(
     timeout_s=180.0,
     real_memory=10_000,
     real_memory_users=2_000,
+    training_labels=20_000,
+    training_events=10_000,
+    training_users=2_000,
+    training_feast=2_000,
+    online_read_entities=2_000,
 )
 
 
@@ -271,6 +291,30 @@ class Suite:
             self.measure(hw_label, "handwritten_streaming", events_path=stream["path"],
                          events=stream["events"], **params)
 
+    def training(self) -> dict[str, Any]:
+        """Issue 16: pipelines.training_set on labels x 10 features, Feast's historical retrieval
+        beside it (benchmarks/training_bench.py)."""
+        plan = self.plan
+        result = self.measure("training_set", "training_set", out_dir=str(self.workdir / "training_set"),
+                              labels=plan.training_labels, events=plan.training_events,
+                              users=plan.training_users, feast=plan.training_feast)
+        if result.get("ok"):
+            _LOG.info("training set: %s labels x %d features in %.2f s (%s labels/s); Feast %s labels in %s s",
+                      f"{result['labels']:,}", result["features"], result["training_set_s"],
+                      f"{result['labels_per_s']:,}", f"{result.get('feast_labels', 0):,}", result.get("feast_s"))
+        return result
+
+    def online_read(self, redis_url: str) -> dict[str, Any]:
+        """Issue 14 item 5: FeatureReader vs Feast's get_online_features on redis_url, and one
+        get_features CLI call (benchmarks/online_read_bench.py)."""
+        result = self.measure("online_read", "online_read", redis_url=redis_url,
+                              entities=self.plan.online_read_entities)
+        if result.get("ok"):
+            _LOG.info("online reads: %s; CLI call %s; goals %s",
+                      {b: (v["ours_entities_per_s"], v["feast_entities_per_s"]) for b, v in result["batches"].items()},
+                      result["cli_call"], result["goals"])
+        return result
+
     def run(self) -> dict[str, Any]:
         plan = self.plan
         tiny = self.events("tiny", EventSet(plan.tiny))
@@ -324,6 +368,9 @@ class Suite:
                 per_row_rows=plan.redis_per_row_rows,
                 benchmark_requests=plan.redis_benchmark_requests,
             )
+        self.training()
+        with RedisServer(self.workdir) as server:  # a fresh, empty server, as B3's
+            self.online_read(server.url)
         crosschecks = self.crosschecks()
         return {
             "plan": asdict(plan),
