@@ -49,17 +49,23 @@ def assemble_windows(fn: FeatureViewCombineFn, starts: list[int], accs: list[lis
     return Windows(tiles.ends.tolist(), times.tolist(), zip(*columns))
 
 
-def assemble_entities(fn: FeatureViewCombineFn, entities: list[tuple[list[int], list[list]]], tile_ms: int,
-                      size_ms: int) -> list[Windows]:
+class Assembled(NamedTuple):
+    """The windows of many entities, entity after entity (each entity's ends ascending)."""
+
+    ends: np.ndarray  # window ends, ms
+    max_event_times: np.ndarray
+    columns: list  # one list per feature, aligned with `ends`
+    bounds: list[int]  # entity i's windows are [bounds[i], bounds[i + 1])
+
+
+def assemble_many(fn: FeatureViewCombineFn, entities: list[tuple[list[int], list[list]]], tile_ms: int,
+                  size_ms: int) -> Assembled:
     """`assemble_windows` for many entities in one vectorised pass (per-entity numpy calls cost
     more than the arithmetic when entities have few tiles, as with many entities).
 
     Each entity's tiles are laid out on one axis counted in tiles, entity after entity, with a
     gap of a window's length between them, so no window reaches two entities; the windows are
-    then cut back per entity. Values equal `assemble_windows` on each entity alone."""
-    if len(entities) == 1:
-        starts, accs = entities[0]
-        return [assemble_windows(fn, starts, accs, tile_ms, size_ms)]
+    then mapped back to each entity's time. Values equal `assemble_windows` on each entity alone."""
     k = size_ms // tile_ms
     positions, bases, offsets, all_accs = [], [], [], []
     offset = 0
@@ -72,15 +78,19 @@ def assemble_entities(fn: FeatureViewCombineFn, entities: list[tuple[list[int], 
         all_accs.extend(accs)
         offset = int(index[-1]) + k + 1
     tiles = gather(np.concatenate(positions), 1, k)
-    times = tiles.reduce(np.array([acc[0] for acc in all_accs], dtype=np.int64), np.maximum, -1).tolist()
+    times = tiles.reduce(np.array([acc[0] for acc in all_accs], dtype=np.int64), np.maximum, -1)
     columns = [agg.over_windows([acc[i] for acc in all_accs], tiles) for i, agg in enumerate(fn.aggregations, 1)]
-    rows = list(zip(*columns))
     # every entity's windows are one run of the (ascending) ends
-    cuts = np.searchsorted(tiles.ends, np.array(offsets[1:] + [offset], dtype=np.int64)).tolist()
-    out, lo = [], 0
-    ends = tiles.ends
-    for base, first_index, hi in zip(bases, offsets, cuts):
-        entity_ends = ((ends[lo:hi] - first_index) * tile_ms + base).tolist()
-        out.append(Windows(entity_ends, times[lo:hi], iter(rows[lo:hi])))
-        lo = hi
-    return out
+    cuts = np.searchsorted(tiles.ends, np.array(offsets[1:] + [offset], dtype=np.int64))
+    owner = np.repeat(np.arange(len(entities)), np.diff(cuts, prepend=0))
+    ends = (tiles.ends - np.array(offsets, dtype=np.int64)[owner]) * tile_ms + np.array(bases, dtype=np.int64)[owner]
+    return Assembled(ends, times, columns, [0] + cuts.tolist())
+
+
+def assemble_entities(fn: FeatureViewCombineFn, entities: list[tuple[list[int], list[list]]], tile_ms: int,
+                      size_ms: int) -> list[Windows]:
+    """`assemble_many`, cut into one `Windows` per entity."""
+    done = assemble_many(fn, entities, tile_ms, size_ms)
+    rows = list(zip(*done.columns))
+    ends, times = done.ends.tolist(), done.max_event_times.tolist()
+    return [Windows(ends[lo:hi], times[lo:hi], iter(rows[lo:hi])) for lo, hi in zip(done.bounds, done.bounds[1:])]

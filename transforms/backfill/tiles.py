@@ -28,7 +28,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.backfill.assembly import assemble_entities
+from transforms.backfill.assembly import assemble_many
 from transforms.backfill.files import (
     FileRange,
     is_parquet,
@@ -42,7 +42,7 @@ from transforms.combine import FeatureViewCombineFn
 from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
 from transforms import progress
 from transforms.gcpause import gc_paused
-from transforms.io.offline import RowTable, rows_to_table
+from transforms.io.offline import RowTable, columns_to_table
 from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts, event_timestamp
 from transforms.records import Event, FeatureRow, layouts
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
@@ -289,18 +289,23 @@ class _AssembleWindows(beam.DoFn):
                 continue
             fn, tile, size = self._fns[view]
             layout = self._layouts[view]
-            rows, newest = [], []
             with gc_paused():
-                assembled = assemble_entities(fn, [(starts, accs) for _, starts, accs in entities], tile, size)
-                for (entity, _, _), (ends, times, values) in zip(entities, assembled):
-                    entity_rows = [FeatureRow(view, entity, end - size, end, "ON_TIME", 0, t, v)
-                                   for end, t, v in zip(ends, times, values)]
-                    rows.extend(entity_rows)
-                    # windows come in order of their end: the newest current one is the last current one
-                    current = next((row for row in reversed(entity_rows) if is_current_window(row, layout)), None)
-                    if current is not None:
-                        newest.append(current)
-            yield RowTable(view, rows_to_table(rows, layout, created_us=0))  # the writer sets created
+                done = assemble_many(fn, [(starts, accs) for _, starts, accs in entities], tile, size)
+                names = [entity for entity, _, _ in entities]
+                n = len(done.ends)
+                owners = np.repeat(np.arange(len(names)), np.diff(done.bounds))
+                table = columns_to_table(layout, [names[i] for i in owners.tolist()], done.ends - size, done.ends,
+                                         pa.repeat(pa.scalar("ON_TIME"), n), np.zeros(n, np.int64), done.columns,
+                                         created_us=0)  # the writer sets created_timestamp
+                # windows come in order of their end: an entity's newest current window is its last
+                # current one (is_current_window, vectorised)
+                period = layout.period_seconds
+                current = np.ones(n, bool) if period is None else done.ends - period * 1000 <= done.max_event_times
+                last = np.maximum.reduceat(np.where(current, np.arange(n), -1), done.bounds[:-1])
+                newest = [FeatureRow(view, names[e], int(done.ends[j]) - size, int(done.ends[j]), "ON_TIME", 0,
+                                     int(done.max_event_times[j]), tuple(column[j] for column in done.columns))
+                          for e, j in enumerate(last.tolist()) if j >= done.bounds[e]]
+            yield RowTable(view, table)
             for row in newest:
                 yield pvalue.TaggedOutput(NEWEST_TAG, row)
 

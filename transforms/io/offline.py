@@ -60,21 +60,28 @@ def _ms_to_ts(values: Sequence[int]) -> pa.Array:
 
 
 def rows_to_table(rows: Sequence[FeatureRow], layout: ViewLayout, created_us: int) -> pa.Table:
-    schema = view_schema(layout)
     _, entities, starts, ends, timings, panes, _, features = zip(*rows) if rows else ([],) * 8
+    values = list(zip(*features)) if rows else [[] for _ in layout.value_types]
+    return columns_to_table(layout, entities, starts, ends, pa.array(timings, pa.string()), panes, values, created_us)
+
+
+def columns_to_table(layout: ViewLayout, entities: Sequence[Any], starts_ms: Sequence[int], ends_ms: Sequence[int],
+                     timings: pa.Array, panes: Sequence[int], values: Sequence[Sequence[Any]],
+                     created_us: int) -> pa.Table:
+    """The offline table of one view from its columns (one value list per feature)."""
+    schema = view_schema(layout)
     if layout.key_dtype == "int64":
         entities = [int(e) for e in entities]
-    end_ts = _ms_to_ts(ends)
+    end_ts = _ms_to_ts(ends_ms)
     columns = [
         pa.array(entities, schema.field(0).type),
-        _ms_to_ts(starts),
+        _ms_to_ts(starts_ms),
         end_ts,
         end_ts,
-        pa.array(np.full(len(rows), created_us, dtype=np.int64), TS),
-        pa.array(timings, pa.string()),
+        pa.array(np.full(len(end_ts), created_us, dtype=np.int64), TS),
+        timings,
         pa.array(panes, pa.int64()),
     ]
-    values = list(zip(*features)) if rows else [[] for _ in layout.value_types]
     for column, kind in zip(values, layout.value_types):
         columns.append(pa.array(column, _ARROW_TYPES[kind]))
     return pa.Table.from_arrays(columns, schema=schema)
