@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import orjson
 
-from transforms.spec import FeatureSpecFile, SpecError, load_spec
+from transforms.spec import FeatureSpecFile, SpecError, load_spec, where_matches
 
 PROGRAM = "check_spec"
 
@@ -145,22 +145,11 @@ def check(spec: FeatureSpecFile, records: Sequence[Any]) -> list[str]:
                     continue  # reported above
                 wanted = allowed if isinstance(allowed, list) else [allowed]
                 seen = values.get(key, Counter())
-                if not any(_equal_in(value, seen) for value in wanted):
+                if not any(where_matches(candidate, wanted) for candidate in seen):
                     common = ", ".join(repr(v) for v, _ in seen.most_common(5))
                     problems.append(f"{view.name}.{feature.name}: no sampled event has {key} in {wanted!r} "
                                     f"(most common values: {common})")
     return problems
-
-
-def _equal_in(value: Any, seen: Counter) -> bool:
-    """As the parser compares `where` values: JSON true never equals 1."""
-    for candidate in seen:
-        if isinstance(candidate, bool) or isinstance(value, bool):
-            if isinstance(candidate, bool) and isinstance(value, bool) and candidate == value:
-                return True
-        elif candidate == value:
-            return True
-    return False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

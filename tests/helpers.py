@@ -44,3 +44,31 @@ def event(t: float, user: str = "u1", amount: Optional[float] = 1.0, **fields) -
 
 def ms(t: float) -> int:
     return int((T0 + t) * 1000)
+
+
+def feast_online(tmp_path, project: str, online_store_url: str, view: str, schema: list,
+                 entities: list[str]) -> dict:
+    """What Feast's own get_online_features reads from our store for a `user`-keyed view:
+    `schema` is [(feature name, Feast type)], the store config comes from our URL as
+    `pipelines.feast_repo` writes it."""
+    import datetime as dt
+
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
+
+    from pipelines.feast_repo import online_store_config
+
+    config = RepoConfig(
+        project=project, registry=str(tmp_path / "registry.db"), provider="local",
+        online_store=online_store_config(online_store_url), offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+    )
+    fs = FeatureStore(config=config)
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    fv = FeatureView(
+        name=view, entities=[user], ttl=dt.timedelta(0), online=True,
+        schema=[Field(name=name, dtype=dtype) for name, dtype in schema],
+        source=FileSource(path=str(tmp_path / "unused.parquet"), timestamp_field="event_timestamp"),
+    )
+    fs.apply([user, fv])
+    return fs.get_online_features(features=[f"{view}:{name}" for name, _ in schema],
+                                  entity_rows=[{"user_id": e} for e in entities]).to_dict()

@@ -5,8 +5,6 @@ online stores and by Feast itself."""
 
 from __future__ import annotations
 
-import datetime as dt
-import urllib.parse
 
 import apache_beam as beam
 import pyarrow.dataset as ds
@@ -15,6 +13,7 @@ import yaml
 from apache_beam.testing.test_stream import TestStream
 
 from conftest import EXAMPLE_SPEC, streaming_options
+from helpers import feast_online
 from pipelines import backfill_features
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate
@@ -134,29 +133,6 @@ def test_streaming_final_panes_equal_the_reference(corpus, tmp_path):
         _check(_offline(offline, spec, view), spec, view, good)
 
 
-def _feast_read(tmp_path, project: str, online_store: dict, entities: list[str]) -> dict:
-    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
-    from feast.types import Array, Float64, Int64, Map, String
-
-    config = RepoConfig(
-        project=project, registry=str(tmp_path / "registry.db"), provider="local",
-        online_store=online_store, offline_store={"type": "file"}, entity_key_serialization_version=3,
-    )
-    fs = FeatureStore(config=config)
-    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
-    fv = FeatureView(
-        name="user_stats", entities=[user], ttl=dt.timedelta(0), online=True,
-        schema=[Field(name="n", dtype=Int64), Field(name="var_amount", dtype=Float64),
-                Field(name="first_items", dtype=Array(String)), Field(name="last_amounts", dtype=Array(Float64)),
-                Field(name="event_types", dtype=Map)],
-        source=FileSource(path=str(tmp_path / "unused.parquet"), timestamp_field="event_timestamp"),
-    )
-    fs.apply([user, fv])
-    features = ["n", "var_amount", "first_items", "last_amounts", "event_types"]
-    return fs.get_online_features(features=[f"user_stats:{f}" for f in features],
-                                  entity_rows=[{"user_id": e} for e in entities]).to_dict()
-
-
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_feast_reads_list_and_map_features(corpus, tmp_path, project, redis_url, store):
     events, spec_path, _, good, _ = corpus
@@ -164,20 +140,18 @@ def test_feast_reads_list_and_map_features(corpus, tmp_path, project, redis_url,
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(text)
     spec = load_spec(spec_path)
-    if store == "sqlite":
-        url, online = f"sqlite:///{tmp_path}/online.db", {"type": "sqlite", "path": str(tmp_path / "online.db")}
-    else:
-        parts = urllib.parse.urlsplit(redis_url)
-        db = (parts.path or "/0").lstrip("/") or "0"
-        connection = f"{parts.hostname}:{parts.port},db={db}" + (f",password={parts.password}" if parts.password else "")
-        url, online = redis_url, {"type": "redis", "connection_string": connection}
+    url = f"sqlite:///{tmp_path}/online.db" if store == "sqlite" else redis_url
     backfill_features.run([
         "--events", str(events), "--feature_spec", str(spec_path), "--online_store", url,
         "--offline_store", str(tmp_path / "offline"), "--runner", "FnApiRunner",
     ])
     current = current_windows(spec, spec.view("user_stats"), good)
     entities = sorted(current)
-    got = _feast_read(tmp_path, project, online, entities + ["nobody"])
+    from feast.types import Array, Float64, Int64, Map, String
+
+    schema = [("n", Int64), ("var_amount", Float64), ("first_items", Array(String)),
+              ("last_amounts", Array(Float64)), ("event_types", Map)]
+    got = feast_online(tmp_path, project, url, "user_stats", schema, entities + ["nobody"])
     assert got["user_id"] == entities + ["nobody"]
     for name in ("n", "var_amount", "first_items", "last_amounts", "event_types"):
         feature = next(f for f in spec.view("user_stats").features if f.name == name)

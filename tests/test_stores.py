@@ -3,14 +3,12 @@ and Feast's own `get_online_features` reading what we wrote."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-import urllib.parse
 
 import pytest
 import redis
 
-from helpers import make_spec, view
+from helpers import feast_online, make_spec, view
 from transforms.io.online.base import StoreError
 from transforms.io.online.config import redact_url
 from transforms.io.online.feast_codec import (
@@ -123,27 +121,11 @@ def test_unreachable_redis_fails_clearly_without_leaking_the_password(spec=spec_
         open_online_store("mysql://u:pw@h/db", spec)
 
 
-def _feast_read(tmp_path, project, online_store: dict, entities: list[str]) -> dict:
-    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
+def _feast_read(tmp_path, project, url: str, entities: list[str]) -> dict:
     from feast.types import Float64, Int64, String
 
-    config = RepoConfig(
-        project=project, registry=str(tmp_path / "registry.db"), provider="local",
-        online_store=online_store, offline_store={"type": "file"}, entity_key_serialization_version=3,
-    )
-    fs = FeatureStore(config=config)
-    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
-    fv = FeatureView(
-        name="user_5m", entities=[user], ttl=dt.timedelta(0), online=True,
-        schema=[Field(name="clicks", dtype=Int64), Field(name="spend", dtype=Float64),
-                Field(name="avg_amount", dtype=Float64), Field(name="last_item", dtype=String)],
-        source=FileSource(path=str(tmp_path / "unused.parquet"), timestamp_field="event_timestamp"),
-    )
-    fs.apply([user, fv])
-    return fs.get_online_features(
-        features=[f"user_5m:{f['name']}" for f in FEATURES],
-        entity_rows=[{"user_id": e} for e in entities],
-    ).to_dict()
+    schema = [("clicks", Int64), ("spend", Float64), ("avg_amount", Float64), ("last_item", String)]
+    return feast_online(tmp_path, project, url, "user_5m", schema, entities)
 
 
 def test_feast_reads_our_sqlite_store(tmp_path, project):
@@ -151,7 +133,7 @@ def test_feast_reads_our_sqlite_store(tmp_path, project):
     store = open_online_store(f"sqlite:///{path}", spec_for(project))
     store.write([row(), row("u2", features=(3, 0.0, None, None))])
     store.close()
-    got = _feast_read(tmp_path, project, {"type": "sqlite", "path": str(path)}, ["u1", "u2", "zz"])
+    got = _feast_read(tmp_path, project, f"sqlite:///{path}", ["u1", "u2", "zz"])
     assert got == {"user_id": ["u1", "u2", "zz"], "clicks": [5, 3, None], "spend": [12.5, 0.0, None],
                    "avg_amount": [2.5, None, None], "last_item": ["i9", None, None]}
 
@@ -160,11 +142,6 @@ def test_feast_reads_our_redis_store(tmp_path, project, redis_url):
     store = open_online_store(redis_url, spec_for(project))
     store.write([row(), row("u2", features=(3, 0.0, None, None))])
     store.close()
-    parts = urllib.parse.urlsplit(redis_url)
-    db = (parts.path or "/0").lstrip("/") or "0"
-    connection = f"{parts.hostname}:{parts.port},db={db}"
-    if parts.password:
-        connection += f",password={parts.password}"
-    got = _feast_read(tmp_path, project, {"type": "redis", "connection_string": connection}, ["u1", "u2", "zz"])
+    got = _feast_read(tmp_path, project, redis_url, ["u1", "u2", "zz"])
     assert got == {"user_id": ["u1", "u2", "zz"], "clicks": [5, 3, None], "spend": [12.5, 0.0, None],
                    "avg_amount": [2.5, None, None], "last_item": ["i9", None, None]}

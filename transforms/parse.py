@@ -27,7 +27,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.records import DeadLetter, Event
-from transforms.spec import FeatureSpecFile, FeatureViewSpec
+from transforms.spec import FeatureSpecFile, FeatureViewSpec, where_matches
 from transforms.windows import reach_ms, too_late_views
 
 DEAD_LETTER_TAG = "dead_letter"
@@ -216,7 +216,7 @@ class ParsePlan:
         strs = [_string(record.get(f.name), f.name, f.mode) for f in self.str_fields]
         matches = 0
         for bit, clause in enumerate(self.where_clauses):
-            if all(_equals_any(record.get(field), allowed) for field, allowed in clause):
+            if all(where_matches(record.get(field), allowed) for field, allowed in clause):
                 matches |= 1 << bit
         event_id = None
         if self.id_field is not None:
@@ -365,17 +365,6 @@ def _string(value: Any, field: str, mode: str) -> Optional[str]:
         return json.dumps(value)
     expected = "a string" if mode == "string" else "a string, number or boolean"
     raise BadEvent("bad_type", f"{field}: must be {expected} (got {value!r})")
-
-
-def _equals_any(value: Any, allowed: tuple) -> bool:
-    for candidate in allowed:
-        # JSON true must not equal 1: compare booleans only with booleans.
-        if isinstance(candidate, bool) or isinstance(value, bool):
-            if isinstance(candidate, bool) and isinstance(value, bool) and candidate == value:
-                return True
-        elif value == candidate:
-            return True
-    return False
 
 
 # every reason a parser gives (BadEvent), counted per reason: parse.dead_letter_<reason>

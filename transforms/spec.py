@@ -54,6 +54,18 @@ MAX_K = 1000  # list features: at most this many values per window
 MAX_CAP = 10000  # histogram: at most this many distinct values stored per window
 
 
+def where_matches(value: Any, allowed: Any) -> bool:
+    """A `where` clause's rule for one field: the value equals one of the allowed values, and
+    JSON true never equals 1 (booleans compare only with booleans)."""
+    for candidate in allowed:
+        if isinstance(candidate, bool) or isinstance(value, bool):
+            if isinstance(candidate, bool) and isinstance(value, bool) and candidate == value:
+                return True
+        elif value == candidate:
+            return True
+    return False
+
+
 class SpecError(ValueError):
     """A user mistake in a spec: the message names file, path and value; no traceback needed."""
 

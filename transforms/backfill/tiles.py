@@ -46,7 +46,7 @@ from transforms.io.offline import RowTable, columns_to_table
 from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts, event_timestamp
 from transforms.records import Event, FeatureRow, layouts
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
-from transforms.windows import is_current_window, tile_ms, tile_start, tileable
+from transforms.windows import tile_ms, tile_start, tileable
 
 _LOG = logging.getLogger(__name__)
 EVENTS_TAG = "events"

@@ -48,7 +48,7 @@ def build_replay(
     pending: list[bytes] = []
 
     def flush() -> None:
-        nonlocal watermark, newest
+        nonlocal watermark
         if not pending:
             return
         # each line travels with the replay's watermark at its arrival: the lateness guard's clock
