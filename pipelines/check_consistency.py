@@ -139,19 +139,19 @@ def check_consistency(spec_path: str, online_store: str, offline_store: str, sam
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from pipelines.common import UsageError, run_main
-
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{PROGRAM}", allow_abbrev=False,
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--feature_spec", required=True)
-    parser.add_argument("--online_store", required=True)
-    parser.add_argument("--offline_store", required=True)
+    parser.add_argument("--feature_spec", required=True, help="The feature spec (YAML, local or gs://).")
+    parser.add_argument("--online_store", required=True, help="sqlite:///path.db or redis(s)://host:port/db")
+    parser.add_argument("--offline_store", required=True, help="The offline store directory (local or gs://).")
     parser.add_argument("--sample", type=int, default=1000, help="Entities per view (default: 1000).")
     parser.add_argument("--seed", type=int, default=0, help="Of the sample (default: 0).")
     parser.add_argument("--view", action="append", default=[], help="Only these views (repeatable).")
     parser.add_argument("--verbose", action="store_true", help="On a runtime failure, print the full traceback.")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help answers here, before Beam is imported
+    from pipelines.common import UsageError, run_main
+
     mismatches = 0
 
     def _main() -> None:

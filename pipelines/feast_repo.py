@@ -133,8 +133,6 @@ def write_repo(spec_path: str, online_store: str, offline_store: str, output: st
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from pipelines.common import UsageError, run_main
-
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{PROGRAM}", allow_abbrev=False,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--feature_spec", required=True, help="The feature spec (YAML).")
@@ -142,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--offline_store", required=True, help="The offline store directory (local or gs://).")
     parser.add_argument("--output", required=True, help="Directory of the Feast repository to write.")
     parser.add_argument("--verbose", action="store_true", help="On a runtime failure, print the full traceback.")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help answers here, before Beam is imported
+    from pipelines.common import UsageError, run_main
 
     def _main() -> None:
         try:

@@ -115,10 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from pipelines.common import UsageError, run_main
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, beam_args = _parser().parse_known_args(argv)
+    args, beam_args = _parser().parse_known_args(argv)  # --help answers here, before Beam is imported
+    from pipelines.common import UsageError, run_main
 
     def _main() -> None:
         started = time.perf_counter()

@@ -3,6 +3,7 @@ same text as the entry point's own help (every flag with its help, grouped)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,16 @@ def test_help_beam_still_lists_beams_options():
     out = subprocess.run([sys.executable, "-m", "pipelines.backfill_features", "--help_beam"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--runner" in out.stdout and "--preaggregate" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["get_features", "check_spec", "training_set", "feast_repo", "check_consistency"])
+def test_the_other_tools_answer_help_without_beam_and_document_every_flag(name):
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", f"pipelines.{name}", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert not {m for m in imported if m.split(".")[0] in ("apache_beam", "feast", "torch")}
+    options = out.stdout[out.stdout.index("options:"):]
+    entries = re.split(r"\n(?=  -)", options)[1:]  # one per flag: its names, then its help
+    undocumented = [e.split()[0] for e in entries if not re.split(r"\s{2,}|\n", e.strip(), maxsplit=1)[1:]]
+    assert entries and undocumented == [], undocumented
