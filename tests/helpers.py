@@ -72,3 +72,18 @@ def feast_online(tmp_path, project: str, online_store_url: str, view: str, schem
     fs.apply([user, fv])
     return fs.get_online_features(features=[f"{view}:{name}" for name, _ in schema],
                                   entity_rows=[{"user_id": e} for e in entities]).to_dict()
+
+
+def assert_online_is_the_reference(spec_path, spec, view, online_url: str, records: list[dict]) -> None:
+    """Every entity's online row, read back by get_features, is the current window of the
+    plain-Python reference, with its values."""
+    from pipelines.get_features import get_features
+    from reference import assert_close, current_windows
+    from transforms.io.online.feast_codec import rfc3339
+
+    current = current_windows(spec, view, records)
+    for line in get_features(str(spec_path), online_url, view.name, sorted(current)):
+        start, end, values = current[line["entity"]]
+        assert (line["window_start"], line["window_end"]) == (rfc3339(start), rfc3339(end))
+        for feature in view.features:
+            assert_close(feature, line["features"][feature.name], values[feature.name])

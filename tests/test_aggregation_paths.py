@@ -13,14 +13,12 @@ import yaml
 from apache_beam.testing.test_stream import TestStream
 
 from conftest import EXAMPLE_SPEC, streaming_options
-from helpers import feast_online
+from helpers import assert_online_is_the_reference, feast_online
 from pipelines import backfill_features
-from pipelines.get_features import get_features
 from pipelines.sample_events import generate
 from reference import all_windows, assert_close, current_windows
 from test_backfill import good_records
 from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
-from transforms.io.online.feast_codec import rfc3339
 from transforms.parse import decode_json
 from transforms.spec import load_spec
 
@@ -103,12 +101,7 @@ def test_backfill_paths_equal_the_reference(corpus, tmp_path, preaggregate, redi
         assert all(r["pane_timing"] == "ON_TIME" for r in got.values())
         _check(got, spec, view, good)
         # online: the current window of every entity, list and map values decoded from Feast's Values
-        current = current_windows(spec, view, good)
-        for line in get_features(str(spec_path), redis_url, view.name, sorted(current)):
-            start, end, values = current[line["entity"]]
-            assert (line["window_start"], line["window_end"]) == (rfc3339(start), rfc3339(end))
-            for feature in view.features:
-                assert_close(feature, line["features"][feature.name], values[feature.name])
+        assert_online_is_the_reference(spec_path, spec, view, redis_url, good)
 
 
 @pytest.mark.slow

@@ -11,12 +11,11 @@ import pytest
 from apache_beam.testing.test_stream import TestStream
 
 from conftest import EXAMPLE_SPEC, streaming_options
+from helpers import assert_online_is_the_reference
 from pipelines import backfill_features
-from pipelines.get_features import get_features
 from pipelines.sample_events import generate
-from reference import all_windows, assert_close, current_windows
+from reference import all_windows, assert_close
 from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
-from transforms.io.online.feast_codec import rfc3339
 from transforms.io.sinks import read_dead_letters
 from transforms.parse import decode_json
 from transforms.spec import load_spec
@@ -95,13 +94,7 @@ def test_backfill_writes_correct_features_everywhere(events_file, tmp_path, proj
                 assert_close(feature, got[k][feature.name], values[feature.name])
 
         # online: the window ending after each entity's latest event, read back by the CLI's code
-        current = current_windows(spec, view, good)
-        entities = sorted(current)
-        for line in get_features(str(spec_path), online_url, view.name, entities):
-            start, end, values = current[line["entity"]]
-            assert (line["window_start"], line["window_end"]) == (rfc3339(start), rfc3339(end))
-            for feature in view.features:
-                assert_close(feature, line["features"][feature.name], values[feature.name])
+        assert_online_is_the_reference(spec_path, spec, view, online_url, good)
 
 
 @pytest.mark.slow
