@@ -2,7 +2,7 @@
 
 Every variant writes the same rows (Feast layout: entity key v3 + project, 7 feature fields,
 `_ts:view`, `_win:view`) to an empty database of our own redis-server:
-  ours        RedisOnlineStore.write, batches of 500 (a Lua compare-and-set + TTL a row, pipelined)
+  ours        RedisOnlineStore.write, batches of 500 (one Lua call a batch: a compare-and-set + TTL a row)
   pipelined   redis-py HSET key mapping, pipelined per 500 rows, values encoded beforehand
   pipelined_encoding  the same, encoding the Feast values inside the timed loop (like ours does)
   per_row     redis-py HSET, one round trip per row

@@ -21,6 +21,7 @@ from transforms.io.online.feast_codec import (
     decode_value,
     encode_timestamp,
     encode_value,
+    entity_key_encoder,
     feature_field,
     serialize_entity_key,
 )
@@ -83,6 +84,14 @@ def test_entity_keys_are_feasts_for_any_names_and_values(entity):
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1), st.one_of(st.text(), INT64), st.binary(max_size=8))
+def test_the_sinks_key_encoder_is_feasts_key_and_suffix(name, value, suffix):
+    dtype = "int64" if isinstance(value, int) else "string"
+    key = EntityKey(join_keys=[name], entity_values=[feast_value(value, dtype)])
+    assert entity_key_encoder(name, dtype, suffix)(value) == feast_serialize_entity_key(key, 3) + suffix
+
+
+@settings(max_examples=200, deadline=None)
 @given(st.text(), st.text())
 def test_feature_fields_are_feasts_hash(view, feature):
     assert feature_field(view, feature) == feast_field_hash(f"{view}:{feature}")
@@ -105,6 +114,14 @@ def test_values_and_timestamps_are_feasts_bytes(typed_value, millis):
     feast_read = Value.FromString(encoded)
     assert feast_read.WhichOneof("val") == f"{kind}_val"
     assert encode_timestamp(millis) == feast_timestamp(millis)
+
+
+def test_varint_boundaries_are_feasts_bytes():
+    """The one-byte fast paths (int64 0..127, strings under 128 bytes) and the values beside them."""
+    for number in (0, 1, 127, 128, 300, -1, 2**63 - 1, -(2**63)):
+        assert encode_value(number, "int64") == Value(int64_val=number).SerializeToString()
+    for text in ("", "a" * 127, "a" * 128, "ž" * 64, "x" * 20_000):
+        assert encode_value(text, "string") == Value(string_val=text).SerializeToString()
 
 
 def test_none_is_an_empty_value_feast_reads_as_null():

@@ -226,7 +226,7 @@ def test_a_lost_reply_is_retried_and_counted_once(redis_url, project, monkeypatc
     rows = make_batches(n_batches=1)[0]
     with RetryLog() as retries:
         assert store.write(rows) == (len(rows), 0)
-    assert len(retries.times) == 1 and replies == [[1] * len(rows), [2] * len(rows)]
+    assert len(retries.times) == 1 and replies == [b"1" * len(rows), b"2" * len(rows)]
     # a genuine replay, on a first attempt, is still reported stale
     assert store.write(rows) == (0, len(rows))
     store.close()

@@ -102,6 +102,42 @@ def test_redis_layout_is_feasts_and_ttl_is_set(redis_url, project):
     store.close()
 
 
+def test_redis_key_shared_by_views_keeps_the_longest_expiry_and_persistence(redis_url, project):
+    """One Redis key holds every view of an entity: a write never shortens another view's expiry,
+    and a key a view without ttl made persistent stays persistent. Rows of several views in one
+    batch each get their own compare-and-set; int64 join keys are Feast's 8-byte encoding."""
+    features = [{"name": "n", "agg": "count"}]
+    views = [view(name="long", features=features, ttl="60d"), view(name="short", features=features, ttl="1h"),
+             view(name="forever", features=features)]
+    spec = make_spec(views, project=project, entities={"user": {"join_key": "user_id", "dtype": "int64"}})
+    store = open_online_store(redis_url, spec)
+    client = redis.Redis.from_url(redis_url)
+
+    def pttl(entity: int) -> int:
+        return client.pttl(serialize_entity_key(["user_id"], [entity], ["int64"]) + project.encode())
+
+    def at(view_name: str, entity: int, end_min: int = 1, pane: int = 0, n: int = 1) -> FeatureRow:
+        return FeatureRow(view_name, entity, end_min * 60_000 - 60_000, end_min * 60_000, "ON_TIME", pane,
+                          end_min * 60_000 - 1, (n,))
+
+    assert store.write([at("long", 1), at("short", 1)]) == (2, 0)  # the long expiry stays
+    assert 5_183_990_000 < pttl(1) <= 5_184_000_000
+    assert store.write([at("short", 2), at("long", 2)]) == (2, 0)  # and a longer one extends it
+    assert 5_183_990_000 < pttl(2) <= 5_184_000_000
+    assert store.write([at("short", 3)]).written == 1
+    assert 3_590_000 < pttl(3) <= 3_600_000
+    assert store.write([at("forever", 4), at("long", 4, n=2), at("short", 4, n=3)]) == (3, 0)
+    assert pttl(4) == -1
+    # several views and entities in one batch: each row against its own view's stored pane
+    batch = [at("long", 4, end_min=2, n=4), at("short", 4, n=9), at("forever", 5, n=5), at("short", 4, pane=1, n=6)]
+    assert store.write(batch) == (3, 1)
+    assert [r.features["n"] for r in (*store.read("long", [4]), *store.read("short", [4]), *store.read("forever", [5]))] \
+        == [4, 6, 5]
+    assert store.read("short", [1, 2, 3, 99])[3] is None and pttl(5) == -1
+    client.close()
+    store.close()
+
+
 def test_sqlite_read_honours_ttl(tmp_path, project):
     store = open_online_store(f"sqlite:///{tmp_path}/o.db", spec_for(project, ttl="1s"))
     store.write([row()])

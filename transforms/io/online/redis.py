@@ -27,6 +27,7 @@ Percent-encode `@ : / ? #` in user names and passwords (`p@ss` -> `p%40ss`).
 from __future__ import annotations
 
 import ssl
+import struct
 import time
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
@@ -48,9 +49,9 @@ from transforms.io.online.config import RedisConfig
 from transforms.io.online.feast_codec import (
     decode_value,
     encode_timestamp,
-    encode_value,
+    entity_key_encoder,
     feature_field,
-    serialize_entity_key,
+    value_encoder,
 )
 from transforms.records import FeatureRow, ViewLayout
 from transforms.spec import FeatureSpecFile
@@ -59,41 +60,59 @@ T = TypeVar("T")
 
 REGISTRY_PREFIX = "feature_pipelines:"
 
-# KEYS[1] entity key. ARGV: win field, window end ms, pane index, win value, ttl ms, then
-# field/value pairs. Returns 1 when written, 0 when the stored window/pane is newer, 2 when it is
-# the same (a replay - or our own earlier attempt at this batch, if the reply was lost).
+# One call per batch, one argument: the rows packed by _BatchPacker (struct.unpack, built into
+# Redis's Lua, reads them back; "I4c0" is a 4-byte length and that many bytes).
+#   B  number of views; per view: I4c0 name, i8 ttl ms (0: none), B n features, n x I4c0 field hash
+#   per row (KEYS[i] its entity key): B view (1-based), i8 window end ms, i8 pane index,
+#     I4c0 "window_end_ms:pane_index:window_start_ms:created_ms" (the _win value), I4c0 the _ts
+#     value, n x I4c0 feature values
+# Returns one character a row: 1 written, 0 the stored window/pane is newer, 2 the same pane (a
+# replay - or our own earlier attempt at this batch, if the reply was lost).
 _UPSERT = """
--- One call per batch. KEYS: one entity key per row. ARGV, per row: a header
--- "n:window_end_ms:pane_index:window_start_ms:ttl_ms:created_ms:view", the _ts value, then n feature
--- field/value pairs. Returns per row 1 written, 0 stored window/pane newer, 2 the same pane.
+local blob = ARGV[1]
+local nviews, pos = struct.unpack('<B', blob, 1)
+local views = {}
+for v = 1, nviews do
+  local name, ttl, n
+  name, ttl, n, pos = struct.unpack('<I4c0i8B', blob, pos)
+  -- HSET arguments after the key, reused for every row of the view: win, ts, then field/value
+  -- pairs; the values are filled in per row.
+  local hset = {'_win:' .. name, false, '_ts:' .. name, false}
+  for j = 1, n do
+    hset[3 + 2 * j], pos = struct.unpack('<I4c0', blob, pos)
+    hset[4 + 2 * j] = false
+  end
+  views[v] = {winf = hset[1], ttl = ttl, n = n, hset = hset,
+              fmt = '<Bi8i8I4c0I4c0' .. string.rep('I4c0', n)}
+end
 local results = {}
-local a = 1
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local n, es, ps, ss, ttl, cs, view = string.match(ARGV[a], '^(%d+):(%d+):(%d+):(%d+):(%d+):(%d+):(.*)$')
-  n = tonumber(n); ttl = tonumber(ttl)
-  local ne, np = tonumber(es), tonumber(ps)
-  local winf = '_win:' .. view
-  local ts, first, last = ARGV[a + 1], a + 2, a + 1 + 2 * n
-  a = last + 1
-  local status = 1
-  local cur = redis.call('HGET', key, winf)
+  local view = views[string.byte(blob, pos)]
+  local n, hset = view.n, view.hset
+  local row = {struct.unpack(view.fmt, blob, pos)}
+  pos = row[n + 6]
+  local ne, np = row[2], row[3]
+  local status = '1'
+  local cur = redis.call('HGET', key, view.winf)
   if cur then
     local e, p = string.match(cur, '^(%d+):(%d+)')
     e = tonumber(e); p = tonumber(p)
-    if ne < e or (ne == e and np < p) then status = 0 elseif ne == e and np == p then status = 2 end
+    if ne < e or (ne == e and np < p) then status = '0' elseif ne == e and np == p then status = '2' end
   end
-  if status == 1 then
+  if status == '1' then
+    hset[2] = row[4]; hset[4] = row[5]
+    for j = 1, n do hset[4 + 2 * j] = row[5 + j] end
     -- The key is shared by every view of the entity: never shorten another view's expiry, and
     -- leave a key that a view without ttl made persistent as it is (PTTL: -2 new, -1 no expiry).
-    local pttl = 0
+    local ttl, pttl = view.ttl, 0
     if ttl > 0 then pttl = redis.call('PTTL', key) end
-    redis.call('HSET', key, winf, es .. ':' .. ps .. ':' .. ss .. ':' .. cs, '_ts:' .. view, ts, unpack(ARGV, first, last))
+    redis.call('HSET', key, unpack(hset))
     if ttl > 0 and (pttl == -2 or (pttl >= 0 and pttl < ttl)) then redis.call('PEXPIRE', key, ttl) end
   end
   results[i] = status
 end
-return results
+return table.concat(results)
 """
 
 RETRIABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -134,8 +153,8 @@ class RedisOnlineStore(OnlineStore):
         except ValueError as err:
             raise StoreError(f"--online_store: invalid Redis URL {self.url!r}: {err}") from None
         self._upsert = self._client.register_script(_UPSERT)
-        self._field_cache: dict[str, tuple[bytes, ...]] = {}
         self._project = spec.project.encode("utf-8")
+        self._packer = _BatchPacker(self.layout, self._project)
         self._registry = f"{REGISTRY_PREFIX}{spec.project}"
         self._registered: set[str] = set()  # views this writer has put in the registry
         self._checked: set[str] = set()  # views this reader found in the registry
@@ -144,7 +163,7 @@ class RedisOnlineStore(OnlineStore):
         return f"RedisOnlineStore({self.url!r}, project={self.project!r})"
 
     def _key(self, layout: ViewLayout, entity: Any) -> bytes:
-        return serialize_entity_key([layout.join_key], [entity], [layout.key_dtype]) + self._project
+        return self._packer.view(layout.name).key(entity)
 
     def _retrying(self, call: Callable[[], T]) -> T:
         """`call` under with_retries; every Redis error comes out as a StoreError naming the
@@ -169,11 +188,7 @@ class RedisOnlineStore(OnlineStore):
 
     def _fields(self, view: str) -> tuple[bytes, ...]:
         """The view's hash fields (murmur3 of view:feature), computed once per store."""
-        fields = self._field_cache.get(view)
-        if fields is None:
-            fields = tuple(feature_field(view, name) for name in self.layout(view).feature_names)
-            self._field_cache[view] = fields
-        return fields
+        return self._packer.view(view).fields
 
     def _register(self, views: set[str]) -> None:
         """Put views this writer has not registered yet in the project's registry hash."""
@@ -185,22 +200,11 @@ class RedisOnlineStore(OnlineStore):
 
     def _write_once(self, rows: Sequence[FeatureRow], retried: bool = False) -> WriteResult:
         self._register({row.view for row in rows})
-        keys: list[bytes] = []
-        args: list[Any] = []
-        created_ms = int(time.time() * 1000)
-        for row in rows:
-            layout = self.layout(row.view)
-            keys.append(self._key(layout, row.entity))
-            header = (f"{len(layout.feature_names)}:{row.window_end_ms}:{row.pane_index}:"
-                      f"{row.window_start_ms}:{(layout.ttl_seconds or 0) * 1000}:{created_ms}:{row.view}")
-            args += (header.encode(), encode_timestamp(row.window_end_ms))
-            for field, kind, value in zip(self._fields(row.view), layout.value_types, row.features):
-                args += (field, encode_value(value, kind))
-        results = self._upsert(keys=keys, args=args)  # one atomic script call per batch
+        keys, blob = self._packer.pack(rows, int(time.time() * 1000))
+        results = self._upsert(keys=keys, args=[blob])  # one atomic script call per batch
         # After a lost reply, rows our earlier attempt applied come back as "same pane": count
         # them as written, so rows_written does not depend on where a connection dropped.
-        done = (1, 2) if retried else (1,)
-        written = sum(1 for r in results if r in done)
+        written = results.count(b"1") + (results.count(b"2") if retried else 0)
         return WriteResult(written, len(results) - written)
 
     def _check_view(self, view: str) -> None:
@@ -246,3 +250,68 @@ class RedisOnlineStore(OnlineStore):
 
     def close(self) -> None:
         self._client.close()
+
+
+_U32 = struct.Struct("<I").pack
+_I64 = struct.Struct("<q").pack
+_ROW_HEAD = struct.Struct("<BqqI").pack  # view, window end, pane index, length of the _win value
+
+
+class _ViewPacker:
+    """What _UPSERT needs of one view, computed once per store: the entity key encoder, the
+    hash fields (murmur3 of view:feature), the value encoders and the view's header in a batch."""
+
+    def __init__(self, layout: ViewLayout, project: bytes):
+        self.key = entity_key_encoder(layout.join_key, layout.key_dtype, project)
+        self.fields = tuple(feature_field(layout.name, name) for name in layout.feature_names)
+        self.encoders = tuple(value_encoder(kind) for kind in layout.value_types)
+        name = layout.name.encode("utf-8")
+        self.header = b"".join([_U32(len(name)), name, _I64((layout.ttl_seconds or 0) * 1000),
+                                bytes((len(self.fields),)), *(_U32(len(f)) + f for f in self.fields)])
+
+
+class _BatchPacker:
+    """Rows -> (entity keys, the one argument of _UPSERT): see the layout above _UPSERT."""
+
+    def __init__(self, layout: Callable[[str], ViewLayout], project: bytes):
+        self._layout = layout
+        self._project = project
+        self._views: dict[str, _ViewPacker] = {}
+
+    def view(self, name: str) -> _ViewPacker:
+        packer = self._views.get(name)
+        if packer is None:
+            layout = self._layout(name)
+            if len(layout.feature_names) > 255:
+                raise StoreError(f"view {name!r}: {len(layout.feature_names)} features, "
+                                 "the Redis sink takes at most 255 per view")
+            packer = self._views[name] = _ViewPacker(layout, self._project)
+        return packer
+
+    def pack(self, rows: Sequence[FeatureRow], created_ms: int) -> tuple[list[bytes], bytes]:
+        order: dict[str, int] = {}  # view -> its 1-based number in this batch
+        headers: list[bytes] = []
+        keys: list[bytes] = []
+        parts: list[bytes] = []
+        append, u32 = parts.append, _U32
+        created = f":{created_ms}"
+        for row in rows:
+            name = row.view
+            number = order.get(name)
+            if number is None:
+                view = self.view(name)
+                number = order[name] = len(order) + 1
+                if number > 255:
+                    raise StoreError("a batch of more than 255 views: the Redis sink takes at most 255")
+                headers.append(view.header)
+            else:
+                view = self._views[name]
+            keys.append(view.key(row.entity))
+            end = row.window_end_ms
+            win = f"{end}:{row.pane_index}:{row.window_start_ms}{created}".encode()
+            ts = encode_timestamp(end)
+            append(_ROW_HEAD(number, end, row.pane_index, len(win)) + win + u32(len(ts)) + ts)
+            for encode, value in zip(view.encoders, row.features):
+                data = encode(value)
+                append(u32(len(data)) + data)
+        return keys, b"".join([bytes((len(order),)), *headers, *parts])
