@@ -99,3 +99,31 @@ def test_backfill_removes_duplicates_across_split_ranges(tmp_path, preaggregate)
     assert counters["duplicates_removed"] == 30 + 40
     if preaggregate:  # the fast path's own ranges (the event path's are Beam's text reader's)
         assert counters["ranges_read"] == ranges
+
+
+def test_copies_grouped_by_id_shard_keep_what_grouping_by_id_keeps():
+    """KeepWithinHorizon(shards=N) (the fast path's: N groups, not one per id) keeps exactly the
+    copies the per-id grouping keeps, and counts the same removals."""
+    from transforms.dedup import KeepWithinHorizon, keep_within_horizon
+    from transforms.records import Event
+
+    pairs, by_id = [], defaultdict(list)
+    for i in range(400):
+        event_id = f"id{i % 97}"
+        t = ms((i * 37) % 3000)  # copies of an id within and beyond the 10-minute horizon
+        event = Event(t, event_id, ("u1",), (float(i),), (), 0)
+        pairs.append((event_id, event))
+        by_id[event_id].append(event)
+    expected = sorted((e.event_id, e.event_time_ms, e.nums[0])
+                      for copies in by_id.values() for e in keep_within_horizon(copies, 600_000))
+    assert 97 < len(expected) < 400
+    for shards in (None, 1, 7):
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            kept = (p | beam.Create(pairs) | KeepWithinHorizon(600, shards)
+                    | beam.Map(lambda e: (e.event_id, e.event_time_ms, e.nums[0])))
+            assert_that(kept, equal_to(expected))
+        removed = sum(c.committed for c in p.result.metrics().query()["counters"]
+                      if c.key.metric.name == "duplicates_removed")
+        assert removed == 400 - len(expected), shards
+    with pytest.raises(ValueError, match="got 0"):
+        KeepWithinHorizon(600, 0)

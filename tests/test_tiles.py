@@ -226,10 +226,14 @@ def test_columnar_chunks_equal_the_event_at_a_time_parser(items):
         for out in read.process((files.FileRange(path, 0, os.path.getsize(path)), b"")):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 fast_letters.append(out.value.reason)
-            else:
-                (view, entity), (start, data) = out
+            else:  # a batch of tiles of one view and entity shard
+                (view, shard), data = out
                 fn = fns[view]
-                fast_tiles[(view, entity, start)] = fn.extract_output(fn.get_accumulator_coder().decode(data))
+                batch = tiles.read_tile_batches([data])
+                assert set(tiles.entity_shards(batch["entity"].combine_chunks(), 16).tolist()) == {shard}
+                for entity, start, acc in zip(*(batch[c].to_pylist() for c in ("entity", "start", "acc"))):
+                    assert (view, entity, start) not in fast_tiles
+                    fast_tiles[(view, entity, start)] = fn.extract_output(fn.get_accumulator_coder().decode(acc))
 
     plan = ParsePlan.from_spec(spec)
     accs, slow_letters = {}, []

@@ -61,29 +61,35 @@ class Assembled(NamedTuple):
 def assemble_many(fn: FeatureViewCombineFn, entities: list[tuple[list[int], list[list]]], tile_ms: int,
                   size_ms: int) -> Assembled:
     """`assemble_windows` for many entities in one vectorised pass (per-entity numpy calls cost
-    more than the arithmetic when entities have few tiles, as with many entities).
+    more than the arithmetic when entities have few tiles, as with many entities)."""
+    lengths = [len(starts) for starts, _ in entities]
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    starts = np.fromiter((s for starts, _ in entities for s in starts), np.int64, int(bounds[-1]))
+    return assemble_sorted(fn, bounds, starts, [acc for _, accs in entities for acc in accs], tile_ms, size_ms)
 
-    Each entity's tiles are laid out on one axis counted in tiles, entity after entity, with a
-    gap of a window's length between them, so no window reaches two entities; the windows are
-    then mapped back to each entity's time. Values equal `assemble_windows` on each entity alone."""
+
+def assemble_sorted(fn: FeatureViewCombineFn, bounds: np.ndarray, starts: np.ndarray, accs: list,
+                    tile_ms: int, size_ms: int) -> Assembled:
+    """The windows of many entities whose tiles come entity after entity: entity i's tiles are
+    `starts[bounds[i]:bounds[i + 1]]` (ascending, distinct) with accumulators `accs` alike.
+
+    The tiles are laid out on one axis counted in tiles, entity after entity, with a gap of a
+    window's length between them, so no window reaches two entities; the windows are then mapped
+    back to each entity's time. Values equal `assemble_windows` on each entity alone."""
     k = size_ms // tile_ms
-    positions, bases, offsets, all_accs = [], [], [], []
-    offset = 0
-    for starts, accs in entities:
-        first = starts[0]
-        index = (np.array(starts, dtype=np.int64) - first) // tile_ms + offset
-        positions.append(index)
-        bases.append(first)
-        offsets.append(offset)
-        all_accs.extend(accs)
-        offset = int(index[-1]) + k + 1
-    tiles = gather(np.concatenate(positions), 1, k)
-    times = tiles.reduce(np.array([acc[0] for acc in all_accs], dtype=np.int64), np.maximum, -1)
-    columns = [agg.over_windows([acc[i] for acc in all_accs], tiles) for i, agg in enumerate(fn.aggregations, 1)]
+    owner = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    bases = starts[bounds[:-1]]
+    index = (starts - bases[owner]) // tile_ms
+    spans = index[bounds[1:] - 1] + k + 1  # each entity's stretch of the axis, gap included
+    ends_of_stretch = np.cumsum(spans)
+    offsets = ends_of_stretch - spans
+    tiles = gather(index + offsets[owner], 1, k)
+    times = tiles.reduce(np.array([acc[0] for acc in accs], dtype=np.int64), np.maximum, -1)
+    columns = [agg.over_windows([acc[i] for acc in accs], tiles) for i, agg in enumerate(fn.aggregations, 1)]
     # every entity's windows are one run of the (ascending) ends
-    cuts = np.searchsorted(tiles.ends, np.array(offsets[1:] + [offset], dtype=np.int64))
-    owner = np.repeat(np.arange(len(entities)), np.diff(cuts, prepend=0))
-    ends = (tiles.ends - np.array(offsets, dtype=np.int64)[owner]) * tile_ms + np.array(bases, dtype=np.int64)[owner]
+    cuts = np.searchsorted(tiles.ends, ends_of_stretch)
+    window_owner = np.repeat(np.arange(len(spans)), np.diff(cuts, prepend=0))
+    ends = (tiles.ends - offsets[window_owner]) * tile_ms + bases[window_owner]
     return Assembled(ends, times, columns, [0] + cuts.tolist())
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 from apache_beam import pvalue
@@ -28,7 +29,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.backfill.assembly import assemble_many
+from transforms.backfill.assembly import assemble_sorted
 from transforms.backfill.files import (
     FileRange,
     is_parquet,
@@ -55,10 +56,13 @@ NEWEST_TAG = "newest"
 
 
 class _ReadAndPreaggregate(beam.DoFn):
-    """FileRange -> ((view, entity), (tile_start_ms, accumulator)) per tile, plus dead letters."""
+    """FileRange -> ((view, shard), tile batch) per entity shard holding tiles (`TileBatch`), plus
+    dead letters."""
 
-    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool):
+    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool,
+                 shards: int = 16):
         self._plan = ParsePlan.from_spec(spec)
+        self._shards = shards
         self._views = [(v.name, self._plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
                        for v in views]
         self._emit_events = emit_events
@@ -111,10 +115,8 @@ class _ReadAndPreaggregate(beam.DoFn):
         self._parsed.inc(parsed)
         self._dead.inc(seen - parsed)
         for (name, _, _, fn), view_tiles in zip(self._views, tiles):
-            coder = fn.get_accumulator_coder()
             self._tiles.inc(len(view_tiles))
-            for (entity, start), acc in view_tiles.items():
-                yield ((name, entity), (start, coder.encode(acc)))
+            yield from tile_batches(name, fn, view_tiles, self._shards)
 
     def _event_at_a_time(self, raw_events: Iterable[Any], tiles: list[dict], counts: list[int],
                          report: bool = False) -> Iterable:
@@ -172,6 +174,49 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+# -- tiles travel in batches ----------------------------------------------------------------------
+# One shuffle element per (view, entity, tile) cost more in the runner (coders, windowing,
+# grouping: ~5 us each) than the pre-aggregation saved with many entities of few tiles each. Tiles
+# therefore travel as one Arrow IPC batch per (view, entity shard) and range; all tiles of an
+# entity meet in its shard's group, where they are merged and assembled together.
+_TILE_SCHEMA = pa.schema([("entity", pa.string()), ("start", pa.int64()), ("acc", pa.binary())])
+
+
+def entity_shards(entities: pa.Array, shards: int) -> np.ndarray:
+    """The shard of each entity key, the same in every process (hash_ids, not hash())."""
+    return (hash_ids(entities) % np.uint64(shards)).astype(np.int64)
+
+
+def tile_batches(view: str, fn: FeatureViewCombineFn, tiles: dict, shards: int) -> Iterator[tuple[tuple[str, int], bytes]]:
+    """{(entity, tile start): accumulator} of one view -> ((view, shard), TileBatch bytes) per shard."""
+    if not tiles:
+        return
+    encode = fn.get_accumulator_coder().encode
+    entities = pa.array([entity for entity, _ in tiles], pa.string())
+    table = pa.Table.from_arrays(
+        [entities, pa.array(np.fromiter((start for _, start in tiles), np.int64, len(tiles))),
+         pa.array([encode(acc) for acc in tiles.values()], pa.binary())], schema=_TILE_SCHEMA)
+    shard = entity_shards(entities, shards)
+    order = np.argsort(shard, kind="stable")
+    cuts = np.flatnonzero(np.diff(shard[order])) + 1
+    for rows in np.split(order, cuts):
+        yield (view, int(shard[rows[0]])), _ipc(table.take(pa.array(rows)))
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def read_tile_batches(batches: Iterable[bytes]) -> pa.Table:
+    """TileBatch bytes -> one table (entity, start, acc) sorted by entity and start."""
+    tables = [pa.ipc.open_stream(pa.py_buffer(data)).read_all() for data in batches]
+    table = pa.concat_tables(tables) if tables else _TILE_SCHEMA.empty_table()
+    return table.sort_by([("entity", "ascending"), ("start", "ascending")])
+
+
 class _HashRangeIds(beam.DoFn):
     """FileRange -> (shard, (range key, hashes of every id in it)): a superset of the ids the
     parser will accept (Arrow reads the id column; blocks it refuses are decoded line by line
@@ -223,91 +268,107 @@ def _with_repeated(element: tuple[str, dict]) -> Iterator[tuple[FileRange, bytes
 
 
 class _KeptEventsToTiles(beam.DoFn):
-    """Events kept by the de-duplication -> tiles of one event each (and the events themselves,
-    for the views that are not tiled)."""
+    """Events kept by the de-duplication -> tiles, in batches per bundle as `_ReadAndPreaggregate`
+    sends them (and the events themselves, for the views that are not tiled)."""
 
-    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool):
+    def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool,
+                 shards: int = 16):
         plan = ParsePlan.from_spec(spec)
         self._views = [(v.name, plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
                        for v in views]
         self._emit_events = emit_events
+        self._shards = shards
+
+    def start_bundle(self) -> None:
+        self._bundle_tiles: list[dict] = [{} for _ in self._views]
 
     def process(self, event: Event) -> Iterable:
         if self._emit_events:
             yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
-        tiles: list[dict] = [{} for _ in self._views]
-        add_to_tiles(self._views, tiles, event)
-        for (name, _, _, fn), view_tiles in zip(self._views, tiles):
-            for (entity, start), acc in view_tiles.items():
-                yield ((name, entity), (start, fn.get_accumulator_coder().encode(acc)))
+        add_to_tiles(self._views, self._bundle_tiles, event)
+
+    def finish_bundle(self) -> Iterable:
+        for (name, _, _, fn), view_tiles in zip(self._views, self._bundle_tiles):
+            for batch in tile_batches(name, fn, view_tiles, self._shards):
+                yield _global(batch)
 
 
 class _AssembleWindows(beam.DoFn):
-    """All tiles of one (view, entity) -> its FeatureRows, one ON_TIME row per window with events,
-    and (tagged NEWEST_TAG) the entity's newest current window: the one row the online store
-    keeps. Entities are buffered and assembled `BATCH_TILES` tiles at a time in one vectorised
-    pass (per-entity numpy calls would cost more than the arithmetic when entities have few
-    tiles); the rows of a batch leave as one RowTable of one view (Arrow: encoded once, written in bulk)."""
+    """The tile batches of one (view, entity shard) -> its rows, one ON_TIME row per window with
+    events, and (tagged NEWEST_TAG) each entity's newest current window: the one row the online
+    store keeps. Tiles of one entity and start from different ranges are merged first; then
+    the shard's entities are assembled `BATCH_TILES` tiles at a time in one vectorised pass
+    (per-entity numpy calls would cost more than the arithmetic when entities have few tiles);
+    the rows of a batch leave as one RowTable of one view (Arrow: encoded once, written in bulk)."""
 
-    BATCH_TILES = 20_000
+    BATCH_TILES = 50_000
 
     def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec]):
         self._fns = {v.name: (FeatureViewCombineFn(spec, v), tile_ms(v), v.window.size * 1000) for v in views}
         self._layouts = layouts(spec)
 
-    def start_bundle(self) -> None:
-        self._pending: dict[str, list] = {view: [] for view in self._fns}
-        self._tiles = 0
-
-    def process(self, element: tuple[tuple[str, str], Iterable[tuple[int, bytes]]]) -> Iterable:
-        (view, entity), encoded = element
+    def process(self, element: tuple[tuple[str, int], Iterable[bytes]]) -> Iterable:
+        (view, _), batches = element
         fn = self._fns[view][0]
-        coder = fn.get_accumulator_coder()
-        tiles: dict[int, list] = {}
+        decode = fn.get_accumulator_coder().decode
         with gc_paused():
-            for start, data in encoded:
-                acc = coder.decode(data)
-                tiles[start] = fn.merge_accumulators([tiles[start], acc]) if start in tiles else acc
-        starts = sorted(tiles)
-        self._pending[view].append((entity, starts, [tiles[s] for s in starts]))
-        self._tiles += len(starts)
-        if self._tiles >= self.BATCH_TILES:
-            yield from self._flush()
+            table = read_tile_batches(batches)
+            if not table.num_rows:
+                return
+            entities = table["entity"].combine_chunks()
+            starts = table["start"].to_numpy()
+            accs = [decode(data) for data in table["acc"].to_pylist()]
+            n = len(starts)
+            new_entity = np.ones(n, bool)
+            if n > 1:
+                new_entity[1:] = pc.not_equal(entities.slice(1), entities.slice(0, n - 1)).to_numpy(
+                    zero_copy_only=False)
+            repeat = ~new_entity
+            repeat[1:] &= starts[1:] == starts[:-1]  # the same tile from another range: merge it
+            if repeat.any():
+                keep = np.flatnonzero(~repeat)
+                owner = np.cumsum(~repeat) - 1
+                for i in np.flatnonzero(repeat).tolist():
+                    target = keep[owner[i]]
+                    accs[target] = fn.merge_accumulators([accs[target], accs[i]])
+                accs = [accs[i] for i in keep.tolist()]
+                starts, new_entity = starts[keep], new_entity[keep]
+                entities = entities.take(pa.array(keep))
+        firsts = np.flatnonzero(new_entity)
+        bounds = np.append(firsts, len(starts))
+        # batches of whole entities of about BATCH_TILES tiles
+        cuts = np.unique(np.searchsorted(bounds, np.arange(0, len(starts), self.BATCH_TILES)))
+        cuts = np.append(cuts[cuts < len(firsts)], len(firsts))
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            a, b = int(bounds[lo]), int(bounds[hi])
+            yield from self._assemble(view, entities.slice(a, b - a), starts[a:b], accs[a:b], bounds[lo:hi + 1] - a)
 
-    def finish_bundle(self) -> Iterable:
-        for output in self._flush():
-            if isinstance(output, pvalue.TaggedOutput):
-                yield pvalue.TaggedOutput(output.tag, _global(output.value))
-            else:
-                yield _global(output)
-
-    def _flush(self) -> Iterator:
-        pending, self._tiles = self._pending, 0
-        self._pending = {view: [] for view in self._fns}
-        for view, entities in pending.items():
-            if not entities:
-                continue
-            fn, tile, size = self._fns[view]
-            layout = self._layouts[view]
-            with gc_paused():
-                done = assemble_many(fn, [(starts, accs) for _, starts, accs in entities], tile, size)
-                names = [entity for entity, _, _ in entities]
-                n = len(done.ends)
-                owners = np.repeat(np.arange(len(names)), np.diff(done.bounds))
-                table = columns_to_table(layout, [names[i] for i in owners.tolist()], done.ends - size, done.ends,
-                                         pa.repeat(pa.scalar("ON_TIME"), n), np.zeros(n, np.int64), done.columns,
-                                         created_us=0)  # the writer sets created_timestamp
-                # windows come in order of their end: an entity's newest current window is its last
-                # current one (is_current_window, vectorised)
-                period = layout.period_seconds
-                current = np.ones(n, bool) if period is None else done.ends - period * 1000 <= done.max_event_times
-                last = np.maximum.reduceat(np.where(current, np.arange(n), -1), done.bounds[:-1])
-                newest = [FeatureRow(view, names[e], int(done.ends[j]) - size, int(done.ends[j]), "ON_TIME", 0,
-                                     int(done.max_event_times[j]), tuple(column[j] for column in done.columns))
-                          for e, j in enumerate(last.tolist()) if j >= done.bounds[e]]
-            yield RowTable(view, table)
-            for row in newest:
-                yield pvalue.TaggedOutput(NEWEST_TAG, row)
+    def _assemble(self, view: str, entities: pa.Array, starts: np.ndarray, accs: list,
+                  bounds: np.ndarray) -> Iterator:
+        fn, tile, size = self._fns[view]
+        layout = self._layouts[view]
+        with gc_paused():
+            done = assemble_sorted(fn, bounds, starts, accs, tile, size)
+            names = entities.take(pa.array(bounds[:-1]))
+            n = len(done.ends)
+            owners = np.repeat(np.arange(len(names)), np.diff(done.bounds))
+            keys = names.take(pa.array(owners))
+            table = columns_to_table(layout, keys if layout.key_dtype != "int64" else keys.to_pylist(),
+                                     done.ends - size, done.ends, pa.repeat(pa.scalar("ON_TIME"), n),
+                                     np.zeros(n, np.int64), done.columns,
+                                     created_us=0)  # the writer sets created_timestamp
+            # windows come in order of their end: an entity's newest current window is its last
+            # current one (is_current_window, vectorised)
+            period = layout.period_seconds
+            current = np.ones(n, bool) if period is None else done.ends - period * 1000 <= done.max_event_times
+            last = np.maximum.reduceat(np.where(current, np.arange(n), -1), done.bounds[:-1])
+            names = names.to_pylist()
+            newest = [FeatureRow(view, names[e], int(done.ends[j]) - size, int(done.ends[j]), "ON_TIME", 0,
+                                 int(done.max_event_times[j]), tuple(column[j] for column in done.columns))
+                      for e, j in enumerate(last.tolist()) if j >= done.bounds[e]]
+        yield RowTable(view, table)
+        for row in newest:
+            yield pvalue.TaggedOutput(NEWEST_TAG, row)
 
 
 def _global(value: Any) -> WindowedValue:
@@ -368,17 +429,18 @@ class TiledBackfill(beam.PTransform[PBegin, TiledRead]):
             )
         else:
             work = ranges | "No ids" >> beam.Map(lambda r: (r, b""))
+        tile_shards = max(16, min(256, len(self._ranges)))
         read = work | "Read and pre-aggregate" >> beam.ParDo(
-            _ReadAndPreaggregate(self._spec, self._views, self._emit_events)
+            _ReadAndPreaggregate(self._spec, self._views, self._emit_events, tile_shards)
         ).with_outputs(DEAD_LETTER_TAG, EVENTS_TAG, DUPLICATES_TAG, main="tiles")
         tiles = read.tiles
         events = read[EVENTS_TAG]
         if id_field:
             kept = (
                 read[DUPLICATES_TAG]
-                | "Keep within horizon" >> KeepWithinHorizon(self._spec.source.dedup_horizon)
+                | "Keep within horizon" >> KeepWithinHorizon(self._spec.source.dedup_horizon, shards)
                 | "Kept events to tiles" >> beam.ParDo(
-                    _KeptEventsToTiles(self._spec, self._views, self._emit_events)
+                    _KeptEventsToTiles(self._spec, self._views, self._emit_events, tile_shards)
                 ).with_outputs(EVENTS_TAG, main="tiles")
             )
             tiles = (
