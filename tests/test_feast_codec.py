@@ -118,7 +118,7 @@ def test_values_and_timestamps_are_feasts_bytes(typed_value, millis):
 
 def test_varint_boundaries_are_feasts_bytes():
     """The one-byte fast paths (int64 0..127, strings under 128 bytes) and the values beside them."""
-    for number in (0, 1, 127, 128, 300, -1, 2**63 - 1, -(2**63)):
+    for number in (0, 1, 127, 128, 300, 16383, 16384, -1, 2**63 - 1, -(2**63)):
         assert encode_value(number, "int64") == Value(int64_val=number).SerializeToString()
     for text in ("", "a" * 127, "a" * 128, "ž" * 64, "x" * 20_000):
         assert encode_value(text, "string") == Value(string_val=text).SerializeToString()

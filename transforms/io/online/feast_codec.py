@@ -122,6 +122,8 @@ def _encode_int64(value: Any) -> bytes:
     number = int(value)
     if 0 <= number < 128:
         return _SMALL_INT64[number]
+    if 0 < number < 16384:  # counts: a two-byte varint
+        return bytes((0x20, (number & 0x7F) | 0x80, number >> 7))
     return b"\x20" + _varint(number + (1 << 64) if number < 0 else number)
 
 

@@ -295,6 +295,7 @@ class _BatchPacker:
         parts: list[bytes] = []
         append, u32 = parts.append, _U32
         created = f":{created_ms}"
+        last_end, ts = None, b""  # rows of a batch mostly share window ends: encode each once
         for row in rows:
             name = row.view
             number = order.get(name)
@@ -309,7 +310,8 @@ class _BatchPacker:
             keys.append(view.key(row.entity))
             end = row.window_end_ms
             win = f"{end}:{row.pane_index}:{row.window_start_ms}{created}".encode()
-            ts = encode_timestamp(end)
+            if end != last_end:
+                last_end, ts = end, encode_timestamp(end)
             append(_ROW_HEAD(number, end, row.pane_index, len(win)) + win + u32(len(ts)) + ts)
             for encode, value in zip(view.encoders, row.features):
                 data = encode(value)
