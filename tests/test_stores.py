@@ -17,6 +17,7 @@ from transforms.io.online.feast_codec import (
     feature_field,
     serialize_entity_key,
 )
+from transforms.io.online.redis import MAX_VIEWS
 from transforms.io.online.registry import open_online_store
 from transforms.records import FeatureRow, layouts
 from transforms.windows import is_current_window
@@ -135,6 +136,24 @@ def test_redis_key_shared_by_views_keeps_the_longest_expiry_and_persistence(redi
         == [4, 6, 5]
     assert store.read("short", [1, 2, 3, 99])[3] is None and pttl(5) == -1
     client.close()
+    store.close()
+
+
+def test_redis_batch_over_more_views_than_one_script_call_takes(redis_url, project):
+    """A view's number in a script call is one byte: a batch spanning more views is split into
+    several calls, every row still compared with its own view's stored pane."""
+    names = [f"v{i}" for i in range(MAX_VIEWS + 2)]
+    spec = make_spec([view(name=name, features=[{"name": "n", "agg": "count"}]) for name in names], project=project)
+    store = open_online_store(redis_url, spec)
+
+    def at(name: str, n: int, pane: int = 0) -> FeatureRow:
+        return FeatureRow(name, "u1", 0, 60_000, "ON_TIME", pane, 59_999, (n,))
+
+    assert store.write([at(name, i) for i, name in enumerate(names)]) == (len(names), 0)
+    batch = [at(names[-1], 100, pane=1), *(at(name, -1) for name in names), at(names[0], 101, pane=1)]
+    assert store.write(batch) == (2, len(names))
+    got = [store.read(name, ["u1"])[0].features["n"] for name in names]
+    assert got == [101, *range(1, len(names) - 1), 100]
     store.close()
 
 

@@ -60,9 +60,9 @@ T = TypeVar("T")
 
 REGISTRY_PREFIX = "feature_pipelines:"
 
-# One call per batch, one argument: the rows packed by _BatchPacker (struct.unpack, built into
+# One call per batch, one argument: the rows packed by _BatchPacker.pack (struct.unpack, built into
 # Redis's Lua, reads them back; "I4c0" is a 4-byte length and that many bytes).
-#   B  number of views; per view: I4c0 name, i8 ttl ms (0: none), B n features, n x I4c0 field hash
+#   B  number of views; per view: I4c0 name, i8 ttl ms (0: none), I2 n features, n x I4c0 field hash
 #   per row (KEYS[i] its entity key): B view (1-based), i8 window end ms, i8 pane index,
 #     I4c0 "window_end_ms:pane_index:window_start_ms:created_ms" (the _win value), I4c0 the _ts
 #     value, n x I4c0 feature values
@@ -74,7 +74,7 @@ local nviews, pos = struct.unpack('<B', blob, 1)
 local views = {}
 for v = 1, nviews do
   local name, ttl, n
-  name, ttl, n, pos = struct.unpack('<I4c0i8B', blob, pos)
+  name, ttl, n, pos = struct.unpack('<I4c0i8I2', blob, pos)
   -- HSET arguments after the key, reused for every row of the view: win, ts, then field/value
   -- pairs; the values are filled in per row.
   local hset = {'_win:' .. name, false, '_ts:' .. name, false}
@@ -200,8 +200,10 @@ class RedisOnlineStore(OnlineStore):
 
     def _write_once(self, rows: Sequence[FeatureRow], retried: bool = False) -> WriteResult:
         self._register({row.view for row in rows})
-        keys, blob = self._packer.pack(rows, int(time.time() * 1000))
-        results = self._upsert(keys=keys, args=[blob])  # one atomic script call per batch
+        # One script call per batch (an atomic compare-and-set per row), unless it spans more than
+        # MAX_VIEWS views.
+        results = b"".join(self._upsert(keys=keys, args=[blob])
+                           for keys, blob in self._packer.pack(rows, int(time.time() * 1000)))
         # After a lost reply, rows our earlier attempt applied come back as "same pane": count
         # them as written, so rows_written does not depend on where a connection dropped.
         written = results.count(b"1") + (results.count(b"2") if retried else 0)
@@ -254,7 +256,9 @@ class RedisOnlineStore(OnlineStore):
 
 _U32 = struct.Struct("<I").pack
 _I64 = struct.Struct("<q").pack
+_U16 = struct.Struct("<H").pack
 _ROW_HEAD = struct.Struct("<BqqI").pack  # view, window end, pane index, length of the _win value
+MAX_VIEWS = 255  # per script call
 
 
 class _ViewPacker:
@@ -267,11 +271,11 @@ class _ViewPacker:
         self.encoders = tuple(value_encoder(kind) for kind in layout.value_types)
         name = layout.name.encode("utf-8")
         self.header = b"".join([_U32(len(name)), name, _I64((layout.ttl_seconds or 0) * 1000),
-                                bytes((len(self.fields),)), *(_U32(len(f)) + f for f in self.fields)])
+                                _U16(len(self.fields)), *(_U32(len(f)) + f for f in self.fields)])
 
 
 class _BatchPacker:
-    """Rows -> (entity keys, the one argument of _UPSERT): see the layout above _UPSERT."""
+    """Rows -> (entity keys, the one argument of _UPSERT) per call: see the layout above _UPSERT."""
 
     def __init__(self, layout: Callable[[str], ViewLayout], project: bytes):
         self._layout = layout
@@ -282,14 +286,17 @@ class _BatchPacker:
         packer = self._views.get(name)
         if packer is None:
             layout = self._layout(name)
-            if len(layout.feature_names) > 255:
+            if len(layout.feature_names) > 65535:
                 raise StoreError(f"view {name!r}: {len(layout.feature_names)} features, "
-                                 "the Redis sink takes at most 255 per view")
+                                 "the Redis sink takes at most 65535 per view")
             packer = self._views[name] = _ViewPacker(layout, self._project)
         return packer
 
-    def pack(self, rows: Sequence[FeatureRow], created_ms: int) -> tuple[list[bytes], bytes]:
-        order: dict[str, int] = {}  # view -> its 1-based number in this batch
+    def pack(self, rows: Sequence[FeatureRow], created_ms: int) -> list[tuple[list[bytes], bytes]]:
+        """(entity keys, argument) per script call: one call, unless the rows span more than
+        MAX_VIEWS views (a view's number in a batch is one byte)."""
+        calls = []
+        order: dict[str, int] = {}  # view -> its 1-based number in this call
         headers: list[bytes] = []
         keys: list[bytes] = []
         parts: list[bytes] = []
@@ -300,10 +307,12 @@ class _BatchPacker:
             name = row.view
             number = order.get(name)
             if number is None:
+                if len(order) == MAX_VIEWS:
+                    calls.append((keys, b"".join([bytes((len(order),)), *headers, *parts])))
+                    order, headers, keys, parts = {}, [], [], []
+                    append = parts.append
                 view = self.view(name)
                 number = order[name] = len(order) + 1
-                if number > 255:
-                    raise StoreError("a batch of more than 255 views: the Redis sink takes at most 255")
                 headers.append(view.header)
             else:
                 view = self._views[name]
@@ -316,4 +325,5 @@ class _BatchPacker:
             for encode, value in zip(view.encoders, row.features):
                 data = encode(value)
                 append(u32(len(data)) + data)
-        return keys, b"".join([bytes((len(order),)), *headers, *parts])
+        calls.append((keys, b"".join([bytes((len(order),)), *headers, *parts])))
+        return calls
