@@ -537,6 +537,23 @@ class _Incremental(Aggregation):
             return a if b is None else self.copy(b)
         return self.combine(a, b)
 
+    def over_windows(self, states, gather):
+        """`window` per window, except that a window with one state is that state's `extract`
+        (the same value: `window` would extract a copy of it), computed once per tile: with many
+        entities of few events most windows hold one tile, and a tile is in up to K windows."""
+        present = np.array([s is not None for s in states], dtype=bool)
+        members = gather.add(present.astype(np.int64), 0)
+        single = gather.reduce(np.where(present, np.arange(len(states)), -1), np.maximum, -1)
+        single[members != 1] = -1  # -1: no state, or several (those are merged below)
+        lookup: list = [None] * len(states) + [self.extract(None)]
+        for i in np.unique(single[single >= 0]).tolist():
+            lookup[i] = self.extract(states[i])
+        out = list(map(lookup.__getitem__, single.tolist()))
+        several = np.flatnonzero(members > 1)
+        for w, lo, hi in zip(several.tolist(), gather.lo[several].tolist(), gather.hi[several].tolist()):
+            out[w] = self.window(states[lo:hi])
+        return out
+
 
 class CountDistinct(_Incremental):
     """Approximate distinct count: an HLL sketch (lg_k 12, ~1.6 % relative standard error)."""
@@ -615,6 +632,18 @@ class Percentile(_Incremental):
 
     def extract(self, state) -> Optional[float]:
         return None if state is None else float(state.get_quantile(self.param))
+
+    def window(self, states):
+        """Merged into a fresh sketch (merging leaves its input unchanged), not into a copy of
+        the first: no serialize + deserialize per window. Below KLL_K values in all the same
+        answer; above, the same sketch error."""
+        sketches = [s for s in states if s is not None]
+        if len(sketches) < 2:
+            return self.extract(sketches[0] if sketches else None)
+        merged = kll_doubles_sketch(KLL_K)
+        for sketch in sketches:
+            merged.merge(sketch)
+        return self.extract(merged)
 
     def encode(self, state):
         return None if state is None else state.serialize()
