@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import batch_options
 from helpers import T0, make_spec, view
-from transforms.backfill.columnar import epoch_ms
+from transforms.backfill.columnar import epoch_ms, rfc3339_by_cast, rfc3339_by_fields
 from transforms.parse import MAX_EPOCH_MS, BadEvent, ParseEvents, ParsePlan, parse_timestamp, payload_bytes
 from transforms.records import Event
 
@@ -145,6 +145,22 @@ def test_vectorised_timestamps_equal_the_event_path_or_leave_it_to_it(texts):
         if not 0 <= ms <= MAX_EPOCH_MS:
             continue  # out of range: the fast path sends it to the event path too (_valid_rows)
         assert _event_path_ms(text) == ms, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_RFC3339_TEXT, _MUTATED), min_size=1, max_size=20))
+def test_arrow_cast_decides_exactly_what_the_field_arithmetic_decides(texts):
+    """epoch_ms takes Arrow's ISO 8601 cast for a block unless Arrow refuses one of its strings;
+    both routes decide the same strings with the same values, string by string."""
+    for text in texts:
+        millis, valid = rfc3339_by_fields(pa.array([text]))
+        by_cast = rfc3339_by_cast(pa.array([text]))
+        if by_cast is None:  # refused by Arrow: the field arithmetic must refuse it too
+            assert not valid[0], text
+            continue
+        assert by_cast[1][0] == valid[0], text
+        if valid[0]:
+            assert by_cast[0][0] == millis[0], text
 
 
 @given(st.lists(_RFC3339_TEXT, min_size=1, max_size=20))

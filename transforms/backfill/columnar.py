@@ -155,8 +155,32 @@ def epoch_ms(column: pa.Array, quoted: bool = False) -> pa.Array:
     digits = pc.utf8_slice_codeunits(column, 1)
     is_int = pc.and_(marked, pc.match_substring_regex(digits, r"^-?\d{1,18}$"))
     ints = pc.cast(pc.if_else(is_int, digits, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+    text = pc.if_else(marked, "", column)
+    decided = rfc3339_by_cast(text)
+    millis, valid = decided if decided is not None else rfc3339_by_fields(text)
+    is_int = is_int.to_numpy(zero_copy_only=False)
+    return pa.array(np.where(is_int, ints, millis), pa.int64(), mask=~(is_int | valid))
 
-    parts = pc.extract_regex(pc.if_else(marked, "", column), _RFC3339)
+
+def rfc3339_by_cast(text: pa.Array) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(epoch ms, decided) of the strings of the shape `_RFC3339`, by Arrow's ISO 8601 cast;
+    None when Arrow refuses one of them (an invalid date, time or offset: then every string of
+    the block takes `rfc3339_by_fields`). Arrow accepts exactly the valid ones of that shape
+    from year 0001 on (tests/test_parse.py checks both against each other and the event path),
+    and this is ~4x cheaper than splitting them into fields."""
+    shaped = pc.and_(pc.match_substring_regex(text, _RFC3339), pc.invert(pc.starts_with(text, "0000")))
+    try:
+        micros = pc.cast(pc.if_else(shaped, text, "1970-01-01T00:00:00Z"), pa.timestamp("us", "UTC"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    millis = np.floor_divide(micros.cast(pa.int64()).to_numpy(zero_copy_only=False), 1000)
+    return millis, shaped.to_numpy(zero_copy_only=False)
+
+
+def rfc3339_by_fields(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch ms, decided) of the strings of the shape `_RFC3339` with a valid date, time and
+    offset, field by field (the proleptic Gregorian arithmetic `datetime` does)."""
+    parts = pc.extract_regex(text, _RFC3339)
     shaped = parts.is_valid().to_numpy(zero_copy_only=False)
     year, month, day, hour, minute, second = (_ints(parts.field(name)) for name in
                                               ("year", "month", "day", "hour", "minute", "second"))
@@ -175,9 +199,7 @@ def epoch_ms(column: pa.Array, quoted: bool = False) -> pa.Array:
     days = (y * 365 + y // 4 - y // 100 + y // 400 + _DAYS_BEFORE_MONTH[month_index]
             + ((month > 2) & leap) + day - 1) - 719162
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - zone_sign * (zone_hours * 3600 + zone_minutes * 60)
-    millis = seconds * 1000 + micros // 1000
-    is_int = is_int.to_numpy(zero_copy_only=False)
-    return pa.array(np.where(is_int, ints, millis), pa.int64(), mask=~(is_int | valid))
+    return seconds * 1000 + micros // 1000, valid
 
 
 class ColumnarChunks:
