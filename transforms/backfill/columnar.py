@@ -110,14 +110,14 @@ def columnar_schema(plan: ParsePlan) -> Optional[pa.Schema]:
 
 # -- timestamps, vectorised --------------------------------------------------------------------
 # Real logs give event times as RFC 3339 strings, often mixed with epoch-ms numbers in one file.
-# Arrow's JSON reader wants one type per column, so a block holding both gets its numbers quoted
-# first (one C-level regex substitution), marked by a leading U+0001 that no quoted value of the
-# block starts with (blocks holding the escape `\u0001` are left alone). Only JSON integers in
-# canonical form followed by `,` or `}` are quoted, so every other spelling keeps failing Arrow
-# and takes the event path as before. Strings are decided here only when they have the exact
+# Arrow's JSON reader wants one type per column, so in a block holding both the key of every
+# number is renamed first (one C-level regex substitution with a constant replacement) to the
+# field's name + U+0001, read as a column of its own (blocks holding the escape `\u0001` are left
+# alone). Only JSON integers in canonical form followed by `,` or `}` are renamed, so every other
+# spelling keeps failing Arrow and takes the event path as before; a row with both keys (a
+# repeated key) takes it too. Strings are decided here only when they have the exact
 # shape below and denote a valid date and time; every other value becomes null and the row takes
 # the event path (datetime.fromisoformat), so both paths give every row the same verdict.
-_NUMBER_MARK = "\x01"
 _RFC3339 = (r"^(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[T ](?P<hour>\d{2}):(?P<minute>\d{2}):"
             r"(?P<second>\d{2})(?:\.(?P<fraction>\d{1,6}))?(?P<zone>Z|[+-]\d{2}:\d{2})$")
 _DAYS_BEFORE_MONTH = np.array([0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334], dtype=np.int64)
@@ -125,41 +125,37 @@ _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], d
 
 
 class _TimestampShapes:
-    """Which JSON types the timestamp field has in a block, and the quoting of its numbers."""
+    """Which JSON types the timestamp field has in a block, and the renaming of its numbers."""
 
     def __init__(self, field: str):
         key = re.escape(json.dumps(field).encode())
         self.string = re.compile(key + rb"\s*:\s*\"")
         self.number = re.compile(key + rb"\s*:\s*-?\d")
-        self.integer = re.compile(rb"(" + key + rb"\s*:\s*)(-?(?:0|[1-9]\d*))(?=\s*[,}])")
+        self.integer = re.compile(key + rb"\s*:\s*(?=-?(?:0|[1-9]\d*)\s*[,}])")
+        self.number_field = field + "\x01"
+        # the renamed key as JSON (`"<field>\u0001":`), its backslash escaped for re.sub
+        self._renamed = (json.dumps(self.number_field).encode() + b":").replace(b"\\", b"\\\\")
 
-    def quote_numbers(self, block: bytes) -> Optional[bytes]:
-        """The block with its integer timestamps as marked strings; None when the mark could be
-        confused with a value of the block."""
+    def rename_numbers(self, block: bytes) -> Optional[bytes]:
+        """The block with the key of its integer timestamps renamed to `number_field`; None when
+        the new key could be confused with one of the block."""
         if b"\\u0001" in block or b"\x01" in block:
             return None
-        return self.integer.sub(rb'\1"\\u0001\2"', block)
+        return self.integer.sub(self._renamed, block)
 
 
 def _ints(column: pa.Array) -> np.ndarray:
     return pc.cast(pc.if_else(pc.equal(column, ""), "0", column), pa.int64()).to_numpy(zero_copy_only=False)
 
 
-def epoch_ms(column: pa.Array, quoted: bool = False) -> pa.Array:
-    """Timestamps read as strings -> epoch ms (int64): integers marked by `quote_numbers` (when
-    `quoted`) as they are, RFC 3339
-    strings of the shape `_RFC3339` with a valid date, time and offset converted exactly as
-    `events.parse_timestamp` does; null for everything else (the event path decides those)."""
-    column = pc.fill_null(column, "")
-    marked = pc.starts_with(column, _NUMBER_MARK) if quoted else pa.array(np.zeros(len(column), dtype=bool))
-    digits = pc.utf8_slice_codeunits(column, 1)
-    is_int = pc.and_(marked, pc.match_substring_regex(digits, r"^-?\d{1,18}$"))
-    ints = pc.cast(pc.if_else(is_int, digits, "0"), pa.int64()).to_numpy(zero_copy_only=False)
-    text = pc.if_else(marked, "", column)
+def epoch_ms(column: pa.Array) -> pa.Array:
+    """Timestamps read as strings -> epoch ms (int64): RFC 3339 strings of the shape `_RFC3339`
+    with a valid date, time and offset converted exactly as `events.parse_timestamp` does; null
+    for everything else (the event path decides those)."""
+    text = pc.fill_null(column, "")
     decided = rfc3339_by_cast(text)
     millis, valid = decided if decided is not None else rfc3339_by_fields(text)
-    is_int = is_int.to_numpy(zero_copy_only=False)
-    return pa.array(np.where(is_int, ints, millis), pa.int64(), mask=~(is_int | valid))
+    return pa.array(millis, pa.int64(), mask=~valid)
 
 
 def rfc3339_by_cast(text: pa.Array) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -209,9 +205,10 @@ class ColumnarChunks:
         self._plan = plan
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         ts = plan.timestamp_field
-        as_text = schema.set(schema.get_field_index(ts), pa.field(ts, pa.string()))
-        self._text_options = pj.ParseOptions(explicit_schema=as_text, unexpected_field_behavior="ignore")
         self._shapes = _TimestampShapes(ts)
+        as_text = schema.set(schema.get_field_index(ts), pa.field(ts, pa.string())).append(
+            pa.field(self._shapes.number_field, pa.int64()))
+        self._text_options = pj.ParseOptions(explicit_schema=as_text, unexpected_field_behavior="ignore")
         self._exclude: Optional[np.ndarray] = None
 
     def parse_block(self, block: bytes, exclude_ids: Optional[np.ndarray] = None) -> tuple[list[pa.Table], list[bytes]]:
@@ -247,19 +244,22 @@ class ColumnarChunks:
 
     def _read(self, data: bytes) -> pa.Table:
         """Whole lines -> a table whose timestamp column is epoch ms (null where undecided)."""
-        options, quoted = self._parse_options, False
+        options = self._parse_options
         if self._shapes.string.search(data) is not None:
             if self._shapes.number.search(data) is not None:
-                rewritten = self._shapes.quote_numbers(data)
+                rewritten = self._shapes.rename_numbers(data)
                 if rewritten is not None:
-                    data, options, quoted = rewritten, self._text_options, True
+                    data, options = rewritten, self._text_options
             else:
                 options = self._text_options
         table = pj.read_json(io.BytesIO(data), parse_options=options,
                              read_options=pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1)))
         if options is self._text_options:
-            ts = self._plan.timestamp_field
-            table = table.set_column(table.schema.get_field_index(ts), ts, epoch_ms(table[ts].combine_chunks(), quoted))
+            ts, numbers = self._plan.timestamp_field, self._shapes.number_field
+            text, number = table[ts].combine_chunks(), table[numbers].combine_chunks()
+            times = pc.if_else(pc.is_valid(number), pc.if_else(pc.is_valid(text), pa.scalar(None, pa.int64()), number),
+                               epoch_ms(text))
+            table = table.drop_columns([numbers]).set_column(table.schema.get_field_index(ts), ts, times)
         return table
 
     def _parse_block(self, lines: list[bytes], tables: list[pa.Table], slow: list[bytes]) -> None:
