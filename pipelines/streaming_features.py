@@ -56,6 +56,7 @@ from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
 from transforms.parse import ParsePlan
 from transforms.spec import FeatureSpecFile, load_spec, parse_duration
 from transforms.streaming.replay import ReplayStats, build_replay, read_lines
+from transforms.streaming.tiles import blocks_to_tiles_fits
 
 _LOG = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ def read_events(pipeline: beam.Pipeline, options: PipelineOptions,
                              "or add --replay")
         if not matching_files(events):
             raise UsageError(f"--events: no files match {events!r}")
-        return pipeline | "Read events" >> ReadEventFiles(events), events, None
+        blocks = blocks_to_tiles_fits(spec)  # the fast path: blocks of lines straight into tiles
+        return pipeline | "Read events" >> ReadEventFiles(events, blocks=blocks), events, None
     return read_pubsub(pipeline, pubsub), pubsub.input_subscription or pubsub.input_topic, None
 
 
@@ -146,6 +148,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Optional[ReplayS
             timestamp_from_element=bool(pubsub.timestamp_attribute),
             # the lateness guard's clock: the replay's watermark, or wall-clock time for Pub/Sub
             clock="element" if replayed else "wall" if not events else None,
+            blocks=bool(events) and not replayed and blocks_to_tiles_fits(spec),
         )
     except ValueError as err:
         raise UsageError(str(err)) from None

@@ -18,6 +18,8 @@ from helpers import event, make_spec, ms, view
 from transforms.compute import ComputeFeatures
 from transforms.parse import ParseEvents
 from transforms.records import FeatureRow
+from transforms.streaming.tiles import EventsToTiles, tile_tag
+from transforms.windows import tileable
 from transforms.windows import build_trigger
 from apache_beam.transforms.trigger import AfterCount, AfterProcessingTime, AfterWatermark
 
@@ -39,11 +41,24 @@ def events() -> TestStream:
 
 def assert_panes(engine: str, spec, stream: TestStream, expected: list[tuple], view_index: int = 0) -> None:
     """Run one view over the stream and compare every emitted pane exactly:
-    (entity, window start, window end, pane index, timing, features)."""
+    (entity, window start, window end, pane index, timing, features), on both streaming paths:
+    event at a time, and (fixed and sliding views) the fast path's partial accumulators per tile
+    (transforms/streaming/tiles.py). One pipeline each: Prism may hand a window's ON_TIME pane
+    and its closing repeat (allowed lateness, a watermark jumping past both at once) to the next
+    step in either order when another branch shares the pipeline, which the repeat filter cannot
+    undo (README, Engines)."""
+    view = spec.feature_views[view_index]
     with beam.Pipeline(options=streaming_options_on(engine)) as p:
         parsed = p | stream | ParseEvents(spec)
-        rows = parsed.events | ComputeFeatures(spec, spec.feature_views[view_index])
+        rows = parsed.events | ComputeFeatures(spec, view)
         assert_that(rows | beam.Map(_pane), equal_to(expected))
+    if tileable(view):
+        with beam.Pipeline(options=streaming_options_on(engine)) as p:
+            again = TestStream(coder=stream.coder, events=list(stream._events), output_tags=stream.output_tags)
+            parsed = p | again.with_output_types(str) | ParseEvents(spec)
+            tiles = parsed.events | EventsToTiles(spec, [view])
+            rows = tiles[tile_tag(view)] | ComputeFeatures(spec, view, from_tiles=True)
+            assert_that(rows | beam.Map(_pane), equal_to(expected), label="tiled path")
 
 
 def assert_refused_on_flink(spec, stream: TestStream, reason: str) -> None:

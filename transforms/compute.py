@@ -1,5 +1,6 @@
 """ComputeFeatures: events -> windowed feature rows for one feature view (key, window, combine,
-annotate panes), event at a time: the streaming path, and the backfill's path for session windows."""
+annotate panes), event at a time (the backfill's path for session windows, and the reference),
+or from the streaming fast path's partial accumulators per tile (transforms/streaming/tiles.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from transforms.combine import FeatureViewCombineFn
 from transforms.parse import ParsePlan
 from transforms.records import Event, FeatureRow
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, SessionWindow
+from transforms.streaming.tiles import MergeTiles
 from transforms.windows import WindowFromSpec, is_stream
 
 _TIMING = {
@@ -95,29 +97,41 @@ class _DropRepeatedPanes(beam.DoFn):
         yield row
 
 
-class ComputeFeatures(beam.PTransform[PCollection[Event], PCollection[FeatureRow]]):
+class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
     """PCollection[Event] -> PCollection[FeatureRow] for one view, all features in one pass.
-    Bounded events fire each window once; a stream (`is_stream`) fires the spec's triggers."""
+    Bounded events fire each window once; a stream (`is_stream`) fires the spec's triggers.
+    `from_tiles`: the input is the view's (entity, encoded partial accumulator) elements from
+    the streaming fast path (EventsToTiles) instead of events."""
 
-    def __init__(self, spec: FeatureSpecFile, view: FeatureViewSpec):
+    def __init__(self, spec: FeatureSpecFile, view: FeatureViewSpec, from_tiles: bool = False):
         super().__init__(f"Features {view.name}")
         self._spec = spec
         self._view = view
+        self._from_tiles = from_tiles
         self._entity_index = ParsePlan.from_spec(spec).entity_index(view.entity)
 
     def expand(self, events: PCollection[Event]) -> PCollection[FeatureRow]:
         index = self._entity_index
         join_key = self._spec.entities[self._view.entity].join_key
         streaming = is_stream(events)
-        # streaming panes pass through _DropRepeatedPanes, which needs state, so non-merging
-        # windows (Prism refuses streaming sessions, see windows): sessions drop empty panes only
-        drop_repeats = streaming and not isinstance(self._view.window, SessionWindow)
+        # Streaming panes pass through _DropRepeatedPanes, which needs state, so non-merging
+        # windows (Prism refuses streaming sessions, see windows): sessions drop empty panes only.
+        # A repeated LATE pane needs late data to be possible (allowed lateness) and an
+        # accumulator that keeps it (accumulating): otherwise a closing pane is empty, and a
+        # stateless filter drops it (a state read and write per row saved).
+        can_repeat = self._view.allowed_lateness > 0 and self._view.accumulation == "accumulating"
+        drop_repeats = streaming and can_repeat and not isinstance(self._view.window, SessionWindow)
+        fn = FeatureViewCombineFn(self._spec, self._view)
+        if self._from_tiles:
+            keyed, combine = events, MergeTiles(fn)
+        else:
+            keyed = events | f"Key by {join_key}" >> beam.Map(
+                lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
+            combine = fn
         rows = (
-            events
-            | f"Key by {join_key}"
-            >> beam.Map(lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
+            keyed
             | "Window" >> WindowFromSpec(self._view)
-            | "Aggregate" >> beam.CombinePerKey(FeatureViewCombineFn(self._spec, self._view))
+            | "Aggregate" >> beam.CombinePerKey(combine)
             | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name, count_panes=not drop_repeats))
         )
         if streaming and not drop_repeats:

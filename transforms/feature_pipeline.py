@@ -17,9 +17,10 @@ from transforms.compute import ComputeFeatures
 from transforms.dedup import DropDuplicateEvents
 from transforms.io.commit import RunCommit
 from transforms.io.sinks import NewestCurrentRows, WriteDeadLetters, WriteOffline, WriteOnline
-from transforms.parse import ParseEvents
+from transforms.parse import DEAD_LETTER_TAG, ParseEvents
 from transforms.records import layouts
 from transforms.spec import FeatureSpecFile
+from transforms.streaming.tiles import BlocksToTiles, EventsToTiles, blocks_to_tiles_fits, tile_tag
 from transforms.windows import GuardLateness, is_stream, reach_ms, tileable
 
 
@@ -39,20 +40,35 @@ class FeaturePipeline(beam.PTransform[PCollection[Any], FeatureOutputs]):
     fires each window once; a stream fires the spec's triggers (`is_stream`)."""
 
     def __init__(self, spec: FeatureSpecFile, timestamp_from_element: bool = False,
-                 clock: Optional[str] = None):
+                 clock: Optional[str] = None, blocks: bool = False):
         super().__init__()
         self._from_element = timestamp_from_element
         self._clock = clock
         self._spec = spec
+        self._blocks = blocks  # a stream of blocks of JSONL lines (ReadEventFiles(blocks=True))
+        if blocks and (clock is not None or timestamp_from_element or not blocks_to_tiles_fits(spec)):
+            raise ValueError("blocks of lines need a spec without id_field or session views, and no clock")
 
     def expand(self, raw: PCollection[Any]) -> FeatureOutputs:
+        if self._blocks:  # the stream's fast path: blocks parsed straight into tiles
+            tiles = raw | "Tiles" >> BlocksToTiles(self._spec)
+            rows = [tiles[tile_tag(view)] | ComputeFeatures(self._spec, view, from_tiles=True)
+                    for view in self._spec.feature_views] | "Merge views" >> beam.Flatten()
+            return FeatureOutputs(rows, tiles[DEAD_LETTER_TAG])
         parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element, self._clock)
         events = parsed.events
         if self._spec.source.id_field:
             reach = max((reach_ms(view) for view in self._spec.feature_views), default=0)
             events = events | "Drop duplicate ids" >> DropDuplicateEvents(self._spec.source.dedup_horizon, reach)
         per_view = []
+        tiled = [view for view in self._spec.feature_views if tileable(view)] if is_stream(events) else []
+        if tiled:  # the streaming fast path: partial accumulators per tile (transforms/streaming/tiles.py)
+            tiles = events | "Tiles" >> EventsToTiles(self._spec, tiled)
+            per_view += [tiles[tile_tag(view)] | ComputeFeatures(self._spec, view, from_tiles=True)
+                         for view in tiled]
         for view in self._spec.feature_views:
+            if any(view.name == t.name for t in tiled):
+                continue
             view_events = events
             if self._clock is not None:
                 view_events = events | GuardLateness(view)

@@ -141,15 +141,29 @@ class DeadLetterPayloads(beam.DoFn):
             yield line
 
 
+STREAM_BLOCK_BYTES = 1024 * 1024
+
+
+class _ReadBlocks(beam.DoFn):
+    def __init__(self, block_bytes: int):
+        self._block_bytes = block_bytes
+
+    def process(self, file_range: FileRange) -> Iterable[bytes]:
+        yield from read_blocks(file_range, self._block_bytes)
+
+
 class ReadEventFiles(beam.PTransform[PBegin, PCollection[Any]]):
     """JSONL (optionally compressed) or Parquet files matching a glob -> raw events. Each file
     is read by its own format (a glob may match both); JSONL files in ranges of `range_bytes`
-    (default: Beam's)."""
+    (default: Beam's). With `blocks`, JSONL comes as blocks of whole lines (about
+    STREAM_BLOCK_BYTES each, blank lines included) instead of one element per line, for the
+    streaming fast path (transforms/streaming/tiles.py BlocksToTiles)."""
 
-    def __init__(self, pattern: str, range_bytes: Optional[int] = None):
+    def __init__(self, pattern: str, range_bytes: Optional[int] = None, blocks: bool = False):
         super().__init__()
         self._pattern = pattern
         self._range_bytes = range_bytes
+        self._blocks = blocks
 
     def expand(self, pbegin: PBegin) -> PCollection[Any]:
         paths = matching_files(self._pattern)
@@ -159,7 +173,14 @@ class ReadEventFiles(beam.PTransform[PBegin, PCollection[Any]]):
         if parquet:
             parts.append(pbegin | "Parquet files" >> beam.Create(parquet)
                          | "Read Parquet" >> beam.io.ReadAllFromParquet())
-        if text or not parts:
+        if text and self._blocks:
+            parts.append(
+                pbegin
+                | "JSONL ranges" >> beam.Create(split_files(text, self._range_bytes))
+                | "Spread ranges" >> beam.Reshuffle()
+                | "Read JSONL blocks" >> beam.ParDo(_ReadBlocks(STREAM_BLOCK_BYTES))
+            )
+        elif text or not parts:
             parts.append(
                 pbegin
                 | "JSONL files" >> beam.Create(text)

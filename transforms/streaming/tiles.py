@@ -1,0 +1,249 @@
+"""The streaming fast path: events pre-combined per (entity, period tile) inside each bundle,
+so Beam's windowing, triggers and GroupByKey carry partial accumulators instead of events.
+
+All events of one tile (a sliding window's period, a fixed window's size) fall in the same
+windows, so a partial accumulator timestamped at its tile's start is assigned exactly the
+windows its events would have been, and is late or on time exactly when they would have been
+(lateness is judged per window: its end + allowed lateness against the watermark). Panes keep
+Beam's semantics - early, on-time and late firings, allowed lateness, accumulating or discarding -
+with one documented difference: a count trigger (`late_every: n`) counts partials (the events of
+one entity and tile that arrived in one bundle), not events. A bundle is flushed at its end, or
+every `FLUSH_EVENTS` events, so partials never wait for a long bundle to end.
+
+Only the combiner's work moves: events are still parsed one verdict each (ParseEvents), de-
+duplicated and guarded against lateness before they are added to a tile. Event files read as a
+stream (no lateness guard, no ids, every view tileable) go further: blocks of lines are parsed
+by the backfill's columnar parser (transforms/backfill/columnar.py, the same verdicts, proven
+line for line) straight into tiles (BlocksToTiles). Session windows are not tileable and keep
+the event path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PCollection
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms import progress
+from transforms.backfill.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
+from transforms.combine import FeatureViewCombineFn
+from transforms.gcpause import gc_paused
+from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts
+from transforms.records import Event
+from transforms.spec import FeatureSpecFile, FeatureViewSpec
+from transforms.windows import tile_ms, tile_start, tileable, too_late, window_ends_ms
+
+FLUSH_EVENTS = 50_000
+
+
+def tile_tag(view: FeatureViewSpec) -> str:
+    return f"tiles_{view.name}"
+
+
+class _ViewTiles:
+    """One view's partial accumulators of a bundle, {(entity, tile start ms): accumulator}."""
+
+    def __init__(self, spec: FeatureSpecFile, view: FeatureViewSpec, plan: ParsePlan):
+        self.view = view
+        self.tag = tile_tag(view)
+        self.fn = FeatureViewCombineFn(spec, view)
+        self.coder = self.fn.get_accumulator_coder()
+        self.entity_index = plan.entity_index(view.entity)
+        self.tile = tile_ms(view)
+        self.lateness_ms = view.allowed_lateness * 1000
+        self.tiles: dict[tuple[str, int], list] = {}
+        self.too_late = Metrics.counter("windowing", "too_late")
+        self.partly = Metrics.counter("windowing", "too_late_for_some_windows")
+
+    def add(self, event: Event) -> None:
+        t = event.event_time_ms
+        if event.arrival_ms is not None:  # the lateness guard (windows.GuardLateness), per view
+            if too_late(self.view, t, event.arrival_ms):
+                self.too_late.inc()  # ParseEvents has dead-lettered it, with its payload
+                return
+            if event.arrival_ms > window_ends_ms(self.view, t)[0] + self.lateness_ms:
+                self.partly.inc()
+        key = (event.keys[self.entity_index], tile_start(t, self.tile))
+        acc = self.tiles.get(key)
+        if acc is None:
+            acc = self.tiles[key] = self.fn.create_accumulator()
+        self.fn.add_input(acc, event)
+
+    def drain(self) -> Iterator[tuple[str, tuple[str, bytes], int]]:
+        """(tag, (entity, encoded accumulator), tile start ms) per tile, and forgets them."""
+        tiles, self.tiles = self.tiles, {}
+        encode = self.coder.encode
+        for (entity, start), acc in tiles.items():
+            yield self.tag, (entity, encode(acc)), start
+
+
+class _EventsToTiles(beam.DoFn):
+    """Events -> per view, tagged (entity, encoded partial accumulator) with its tile's start as
+    timestamp, one per (entity, tile) per flush."""
+
+    def __init__(self, spec: FeatureSpecFile, views: Sequence[FeatureViewSpec]):
+        self._spec = spec
+        self._views = list(views)
+
+    def setup(self) -> None:
+        plan = ParsePlan.from_spec(self._spec)
+        self._tiles = [_ViewTiles(self._spec, view, plan) for view in self._views]
+        self._partials = Metrics.counter("tiles", "stream_partials")
+        self._events = Metrics.counter("tiles", "stream_events")
+
+    def start_bundle(self) -> None:
+        self._pending = 0
+
+    def process(self, event: Event) -> Iterable[pvalue.TaggedOutput]:
+        for view_tiles in self._tiles:
+            view_tiles.add(event)
+        self._pending += 1
+        if self._pending >= FLUSH_EVENTS:
+            for tag, value, start_ms in self._drain():
+                yield pvalue.TaggedOutput(tag, TimestampedValue(value, Timestamp(micros=start_ms * 1000)))
+
+    def finish_bundle(self) -> Iterable[pvalue.TaggedOutput]:
+        for tag, value, start_ms in self._drain():
+            yield pvalue.TaggedOutput(tag, WindowedValue(value, Timestamp(micros=start_ms * 1000), (GlobalWindow(),)))
+
+    def _drain(self) -> Iterator[tuple[str, tuple[str, bytes], int]]:
+        self._events.inc(self._pending)
+        self._pending = 0
+        for view_tiles in self._tiles:
+            for output in view_tiles.drain():
+                self._partials.inc()
+                yield output
+
+
+class EventsToTiles(beam.PTransform[PCollection[Event], pvalue.DoOutputsTuple]):
+    """A stream of events -> one PCollection per tileable view (tagged `tile_tag(view)`) of
+    (entity, encoded partial accumulator), timestamped at the tile's start, in the global
+    window. Events too late for a view (their `arrival_ms`, see ParseEvents' clock) are dropped
+    from that view, as GuardLateness drops them."""
+
+    def __init__(self, spec: FeatureSpecFile, views: Optional[Sequence[FeatureViewSpec]] = None):
+        super().__init__()
+        self._spec = spec
+        self._views = [v for v in (views if views is not None else spec.feature_views) if tileable(v)]
+
+    def expand(self, events: PCollection[Event]) -> pvalue.DoOutputsTuple:
+        tags = [tile_tag(v) for v in self._views]
+        return events | "Pre-combine per tile" >> beam.ParDo(
+            _EventsToTiles(self._spec, self._views)).with_outputs(*tags)
+
+
+class _BlocksToTiles(_EventsToTiles):
+    """Blocks of JSONL lines (or single raw records, e.g. Parquet rows) -> per view, tagged
+    partial accumulators as _EventsToTiles gives them, and dead letters. Clean rows are parsed
+    and aggregated per (entity, tile) by Arrow; the rest get the parser's verdict one by one."""
+
+    def setup(self) -> None:
+        super().setup()
+        plan = ParsePlan.from_spec(self._spec)
+        self._plan = plan
+        schema = columnar_schema(plan)
+        self._columnar = ColumnarChunks(plan, schema) if schema is not None else None
+        self._aggregators = [ColumnarAggregator(plan, t.view, t.fn, t.tile) for t in self._tiles] \
+            if schema is not None else []
+        self._verdicts = Verdicts(plan.parse)
+        self._fields = FieldCounters(plan)
+        self._events_in = Metrics.counter("parse", "events_in")
+        self._parsed = Metrics.counter("parse", "parsed")
+        self._dead = Metrics.counter("parse", "dead_lettered")
+
+    def process(self, element: Any) -> Iterable[pvalue.TaggedOutput]:
+        if isinstance(element, bytes):  # a block of whole lines
+            lines = 0
+            if self._columnar is not None:
+                tables, slow = self._columnar.parse_block(element)
+                rows = sum(t.num_rows for t in tables)
+                self._events_in.inc(rows)
+                self._parsed.inc(rows)
+                with gc_paused():
+                    for table in tables:
+                        self._fields.count_table(table)
+                        for aggregator, view_tiles in zip(self._aggregators, self._tiles):
+                            aggregator.aggregate(table, view_tiles.tiles)
+                self._pending += rows
+                lines += rows
+            else:
+                slow = block_lines(element)
+            lines += len(slow)
+            progress.advance(len(element), lines)
+            for raw in slow:
+                yield from self._one(raw)
+        else:
+            progress.advance(0, 1)
+            yield from self._one(element)
+        if self._pending >= FLUSH_EVENTS:
+            for tag, value, start_ms in self._drain():
+                yield pvalue.TaggedOutput(tag, TimestampedValue(value, Timestamp(micros=start_ms * 1000)))
+
+    def _one(self, raw: Any) -> Iterable[pvalue.TaggedOutput]:
+        """One record through the parser: a dead letter, or an event added to its tiles."""
+        self._events_in.inc()
+        event, letter = self._verdicts(raw)
+        if letter is not None:
+            self._dead.inc()
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+            return
+        self._parsed.inc()
+        self._fields.count(event)
+        for view_tiles in self._tiles:
+            view_tiles.add(event)
+        self._pending += 1
+
+
+class BlocksToTiles(beam.PTransform[PCollection[Any], pvalue.DoOutputsTuple]):
+    """A stream of blocks of JSONL lines (ReadEventFiles(blocks=True)) -> one PCollection per
+    view (tagged `tile_tag(view)`) as EventsToTiles gives, and dead letters (DEAD_LETTER_TAG).
+    For specs whose views are all tileable, without `id_field` and without a lateness guard
+    (`blocks_to_tiles_fits`)."""
+
+    def __init__(self, spec: FeatureSpecFile):
+        super().__init__()
+        if not blocks_to_tiles_fits(spec):
+            raise ValueError("BlocksToTiles needs every view tileable and no source.id_field")
+        self._spec = spec
+
+    def expand(self, blocks: PCollection[Any]) -> pvalue.DoOutputsTuple:
+        tags = [tile_tag(v) for v in self._spec.feature_views]
+        return blocks | "Parse blocks into tiles" >> beam.ParDo(
+            _BlocksToTiles(self._spec, self._spec.feature_views)).with_outputs(DEAD_LETTER_TAG, *tags)
+
+
+def blocks_to_tiles_fits(spec: FeatureSpecFile) -> bool:
+    """Whether a stream of event files can go from blocks of lines straight to tiles: no ids to
+    de-duplicate first, and only fixed and sliding views."""
+    return not spec.source.id_field and all(tileable(v) for v in spec.feature_views)
+
+
+class MergeTiles(beam.CombineFn):
+    """A view's CombineFn over partial accumulators (encoded by its AccumulatorCoder) instead of
+    events: adding a partial merges it. Each partial is decoded afresh, so no engine-held input
+    is ever mutated (an accumulating pane re-combines its stored partials on some runners)."""
+
+    def __init__(self, fn: FeatureViewCombineFn):
+        self._fn = fn
+        self._coder = fn.get_accumulator_coder()
+
+    def create_accumulator(self) -> list:
+        return self._fn.create_accumulator()
+
+    def add_input(self, acc: list, partial: bytes) -> list:
+        return self._fn.merge_accumulators([acc, self._coder.decode(partial)])
+
+    def merge_accumulators(self, accumulators: Iterable[list]) -> list:
+        return self._fn.merge_accumulators(accumulators)
+
+    def extract_output(self, acc: list) -> tuple:
+        return self._fn.extract_output(acc)
+
+    def get_accumulator_coder(self):
+        return self._fn.get_accumulator_coder()
