@@ -3,6 +3,7 @@ accumulators and extracting: sliding and fixed windows, gaps between tiles, empt
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,22 @@ def test_many_entities_in_one_pass_equal_each_entity_alone(per_entity, per_windo
     assert len(together) == len(alone)
     for a, b in zip(alone, together):
         assert (a.ends, a.max_event_times, list(a.values)) == (b.ends, b.max_event_times, list(b.values))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.tuples(st.integers(0, 5), st.text(max_size=3))), min_size=1, max_size=30),
+       st.lists(st.one_of(st.none(), st.tuples(st.integers(0, 5), st.floats(-3, 3))), min_size=1, max_size=30),
+       st.sampled_from([1, 2, 3, 5]))
+def test_first_and_last_over_windows_equal_merging_each_window(text_states, number_states, per_window):
+    """first/last rank (time, value) states vectorised (Arrow's order of strings, lone surrogates
+    included, which Arrow cannot hold); each window equals merging its states one by one."""
+    from transforms.aggregations import First, Last
+    from transforms.backfill.assembly import gather
+
+    text_states = text_states + [(3, "é"), (3, "z"), (3, "\U0001f600"), (3, "\uffff")]
+    for states in (text_states, text_states + [(3, "\ud800")], number_states):
+        tiles = gather(np.arange(len(states), dtype=np.int64) * TILE, TILE, TILE * per_window)
+        for kind in (First, Last):
+            agg = kind.__new__(kind)
+            got = agg.over_windows(states, tiles)
+            assert got == [agg.window(states[lo:hi]) for lo, hi in tiles.ranges()]

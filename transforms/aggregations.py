@@ -413,12 +413,26 @@ class Last(Aggregation):
         return rows, read
 
     def over_windows(self, states, gather):
-        # Rank the (time, value) states once; the window's state is the one of extreme rank.
-        first = self.pick is min
-        ordered = sorted((s for s in states if s is not None), reverse=first)
-        rank = {state: r for r, state in enumerate(ordered)}
-        ranks = np.array([-1 if s is None else rank[s] for s in states], dtype=np.int64)
-        return [None if r < 0 else ordered[r][1] for r in gather.reduce(ranks, np.maximum, -1).tolist()]
+        # Rank the (time, value) states once (by time, then value: the order `pick` compares
+        # them in); the window's state is the one of extreme rank.
+        present = [i for i, s in enumerate(states) if s is not None]
+        if not present:
+            return [None] * len(gather.ends)
+        times = np.array([states[i][0] for i in present], dtype=np.int64)
+        values = [states[i][1] for i in present]
+        try:  # dense ranks of the values: Arrow orders strings by UTF-8 bytes, as Python does
+            value_rank = pc.rank(pa.array(values), sort_keys="ascending", tiebreaker="dense").to_numpy()
+        except (pa.ArrowException, UnicodeError):  # e.g. a lone surrogate from a JSON escape
+            distinct = sorted(set(values))
+            position = {v: r for r, v in enumerate(distinct)}
+            value_rank = np.array([position[v] for v in values], dtype=np.int64)
+        order = np.lexsort((value_rank, times))
+        if self.pick is min:
+            order = order[::-1]
+        ranks = np.full(len(states), -1, dtype=np.int64)
+        ranks[np.array(present, dtype=np.int64)[order]] = np.arange(len(order))
+        lookup = [values[i] for i in order.tolist()] + [None]
+        return list(map(lookup.__getitem__, gather.reduce(ranks, np.maximum, -1).tolist()))
 
 
 class First(Last):

@@ -58,7 +58,8 @@ def _utf8(data: bytes) -> bool:
 
 def screen_block(block: bytes) -> tuple[bytes, list[bytes]]:
     """(the block without the lines Arrow would judge differently from the parser, those lines)."""
-    suspicious = any(token in block for token in _LENIENT) or not _utf8(block)
+    ascii = block.isascii()  # then it holds no byte-order mark (the third token) either
+    suspicious = any(token in block for token in (_LENIENT[:2] if ascii else _LENIENT)) or not (ascii or _utf8(block))
     if not suspicious and len(block) > MAX_DEPTH:
         breaks = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
         spans = np.diff(breaks, prepend=-1, append=len(block))
