@@ -22,6 +22,7 @@ from pipelines.flags import BackfillFlags
 from pipelines.common import (
     EventFileOptions,
     FeatureStoreOptions,
+    PreaggregateOptions,
     UsageError,
     check_online_store,
     check_outputs,
@@ -44,7 +45,7 @@ class BackfillOptions(BackfillFlags, PipelineOptions):
     """BackfillFlags (pipelines.flags) as Beam pipeline options."""
 
 
-OPTIONS = (EventFileOptions, FeatureStoreOptions, BackfillOptions)
+OPTIONS = (EventFileOptions, FeatureStoreOptions, PreaggregateOptions, BackfillOptions)
 
 
 def check_options(options: PipelineOptions) -> None:
@@ -83,7 +84,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, range_bytes: Option
             | "Payloads" >> beam.ParDo(DeadLetterPayloads())
             | "Features" >> FeaturePipeline(spec)
         )
-    elif backfill.preaggregate == "true":
+    elif options.view_as(PreaggregateOptions).preaggregate == "true":
         outputs = pipeline | "Features" >> TiledFeaturePipeline(spec, paths, range_bytes)
     else:
         outputs = (pipeline | "Read events" >> ReadEventFiles(events, range_bytes)

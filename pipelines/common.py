@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import check_flags, describe_failure, fail, handle_help
-from pipelines.flags import EventFileFlags, FeatureStoreFlags, PubSubInputFlags
+from pipelines.flags import EventFileFlags, FeatureStoreFlags, PreaggregateFlags, PubSubInputFlags
 from transforms import progress
 from transforms.io.online.base import StoreConfigError, StoreError
 from transforms.io.online.config import redact_url
@@ -47,6 +47,10 @@ class FeatureStoreOptions(FeatureStoreFlags, PipelineOptions):
 
 class EventFileOptions(EventFileFlags, PipelineOptions):
     """EventFileFlags (pipelines.flags) as Beam pipeline options."""
+
+
+class PreaggregateOptions(PreaggregateFlags, PipelineOptions):
+    """PreaggregateFlags (pipelines.flags) as Beam pipeline options (backfill and streaming)."""
 
 
 class PubSubInputOptions(PubSubInputFlags, PipelineOptions):

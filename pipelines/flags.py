@@ -55,16 +55,27 @@ class PubSubInputFlags:
         )
 
 
-class BackfillFlags:
+class PreaggregateFlags:
+    """The fast path's switch, one flag for the backfill and the streaming pipeline."""
+
     group = "behaviour"
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
             "--preaggregate", default="true", choices=("true", "false"),
-            help="Pre-aggregate per (entity, period tile) while reading (fast path; default true). "
-                 "false: one element per event and window, like hand-written Beam.",
+            help="Pre-aggregate per (entity, period tile) (default true): the backfill while reading "
+                 "the files; streaming inside each bundle, so windows and triggers carry partial "
+                 "accumulators (a count trigger, late_every, then counts partials). false: one "
+                 "element per event and window, like hand-written Beam.",
         )
+
+
+class BackfillFlags:
+    group = "behaviour"
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
             "--from_dead_letters", nargs="?", const="true", default="false", choices=("true", "false"),
             help="--events are dead-letter JSONL files of an earlier run: process their payloads (the "
@@ -118,8 +129,8 @@ class EmbedFlags:
 
 # What each entry point's --help lists, in order (its OPTIONS are these as PipelineOptions).
 ENTRY_POINTS: dict[str, tuple[type, ...]] = {
-    "backfill_features": (EventFileFlags, FeatureStoreFlags, BackfillFlags),
-    "streaming_features": (PubSubInputFlags, EventFileFlags, ReplayFlags, FeatureStoreFlags),
+    "backfill_features": (EventFileFlags, FeatureStoreFlags, PreaggregateFlags, BackfillFlags),
+    "streaming_features": (PubSubInputFlags, EventFileFlags, ReplayFlags, PreaggregateFlags, FeatureStoreFlags),
     "embed_texts": (EventFileFlags, PubSubInputFlags, EmbedFlags, FeatureStoreFlags),
 }
 

@@ -33,6 +33,7 @@ from pipelines.common import (
     DIRECT_STREAMING_RUNNERS,
     EventFileOptions,
     FeatureStoreOptions,
+    PreaggregateOptions,
     PubSubInputOptions,
     UsageError,
     check_online_store,
@@ -65,7 +66,14 @@ class ReplayOptions(ReplayFlags, PipelineOptions):
     """ReplayFlags (pipelines.flags) as Beam pipeline options."""
 
 
-OPTIONS = (PubSubInputOptions, EventFileOptions, ReplayOptions, FeatureStoreOptions)
+OPTIONS = (PubSubInputOptions, EventFileOptions, ReplayOptions, PreaggregateOptions, FeatureStoreOptions)
+
+
+def _blocks(options: PipelineOptions, spec: FeatureSpecFile) -> bool:
+    """Event files read as a stream go from blocks of lines straight into tiles (the fast path)
+    when the spec allows it (no ids, only fixed and sliding views)."""
+    return (bool(options.view_as(EventFileOptions).events) and not options.view_as(ReplayOptions).replay
+            and options.view_as(PreaggregateOptions).preaggregate == "true" and blocks_to_tiles_fits(spec))
 
 # Why the replay (TestStream with processing time following event time) is refused on the real
 # engines; tests/test_engines.py checks that each reason still holds.
@@ -128,8 +136,7 @@ def read_events(pipeline: beam.Pipeline, options: PipelineOptions,
                              "or add --replay")
         if not matching_files(events):
             raise UsageError(f"--events: no files match {events!r}")
-        blocks = blocks_to_tiles_fits(spec)  # the fast path: blocks of lines straight into tiles
-        return pipeline | "Read events" >> ReadEventFiles(events, blocks=blocks), events, None
+        return pipeline | "Read events" >> ReadEventFiles(events, blocks=_blocks(options, spec)), events, None
     return read_pubsub(pipeline, pubsub), pubsub.input_subscription or pubsub.input_topic, None
 
 
@@ -148,7 +155,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Optional[ReplayS
             timestamp_from_element=bool(pubsub.timestamp_attribute),
             # the lateness guard's clock: the replay's watermark, or wall-clock time for Pub/Sub
             clock="element" if replayed else "wall" if not events else None,
-            blocks=bool(events) and not replayed and blocks_to_tiles_fits(spec),
+            blocks=_blocks(options, spec),
+            preaggregate=options.view_as(PreaggregateOptions).preaggregate == "true",
         )
     except ValueError as err:
         raise UsageError(str(err)) from None

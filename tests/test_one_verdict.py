@@ -152,8 +152,10 @@ def _run_all(tmp: Path, lines: list[bytes], spec_dict: dict = SPEC,
         if name == "replay":
             streaming_features.run(["--events", str(events), "--replay", "--runner", "BundleBasedDirectRunner",
                                     "--replay_max_delay", "2m"] + common)
-        elif name == "stream":
-            streaming_features.run(["--events", str(events), "--streaming", *runner_args("prism")] + common)
+        elif name.startswith("stream"):  # "stream-events": the streaming graph event at a time
+            preaggregate = "false" if name == "stream-events" else "true"
+            streaming_features.run(["--events", str(events), "--streaming", "--preaggregate", preaggregate,
+                                    *runner_args("prism")] + common)
         else:
             backfill_features.run(["--events", str(events), "--runner", "FnApiRunner",
                                    "--preaggregate", "true" if name == "fast" else "false"] + common)
@@ -247,11 +249,12 @@ def test_random_hostile_mixes_get_one_verdict(tmp_path_factory, seed, hostile):
 def test_without_ids_files_streamed_on_prism_give_the_same_verdicts(tmp_path):
     """Without id_field and with tileable views only, event files read as a stream go from
     blocks of lines straight into tiles (transforms/streaming/tiles.py BlocksToTiles, the
-    columnar parser): the same rows, online values and dead letters as every other path."""
+    columnar parser): the same rows, online values and dead letters as every other path, and as
+    the streaming graph event at a time (--preaggregate false)."""
     runner_args("prism")  # Prism is there (else skipped; under CI=true, failed)
     spec = {**SPEC, "source": {"timestamp_field": "ts"}}
     lines = corpus()
-    out = _run_all(tmp_path, lines, spec, ("fast", "event", "replay", "stream"))
+    out = _run_all(tmp_path, lines, spec, ("fast", "event", "replay", "stream", "stream-events"))
     _assert_one_verdict(out, lines, duplicates_removed=0)
 
 

@@ -40,14 +40,17 @@ class FeaturePipeline(beam.PTransform[PCollection[Any], FeatureOutputs]):
     fires each window once; a stream fires the spec's triggers (`is_stream`)."""
 
     def __init__(self, spec: FeatureSpecFile, timestamp_from_element: bool = False,
-                 clock: Optional[str] = None, blocks: bool = False):
+                 clock: Optional[str] = None, blocks: bool = False, preaggregate: bool = True):
         super().__init__()
         self._from_element = timestamp_from_element
         self._clock = clock
         self._spec = spec
         self._blocks = blocks  # a stream of blocks of JSONL lines (ReadEventFiles(blocks=True))
-        if blocks and (clock is not None or timestamp_from_element or not blocks_to_tiles_fits(spec)):
-            raise ValueError("blocks of lines need a spec without id_field or session views, and no clock")
+        self._preaggregate = preaggregate  # streaming: partial accumulators per tile (fixed, sliding)
+        if blocks and (clock is not None or timestamp_from_element or not preaggregate
+                       or not blocks_to_tiles_fits(spec)):
+            raise ValueError("blocks of lines need pre-aggregation, a spec without id_field or session "
+                             "views, and no clock")
 
     def expand(self, raw: PCollection[Any]) -> FeatureOutputs:
         if self._blocks:  # the stream's fast path: blocks parsed straight into tiles
@@ -61,7 +64,8 @@ class FeaturePipeline(beam.PTransform[PCollection[Any], FeatureOutputs]):
             reach = max((reach_ms(view) for view in self._spec.feature_views), default=0)
             events = events | "Drop duplicate ids" >> DropDuplicateEvents(self._spec.source.dedup_horizon, reach)
         per_view = []
-        tiled = [view for view in self._spec.feature_views if tileable(view)] if is_stream(events) else []
+        streaming = self._preaggregate and is_stream(events)
+        tiled = [view for view in self._spec.feature_views if tileable(view)] if streaming else []
         if tiled:  # the streaming fast path: partial accumulators per tile (transforms/streaming/tiles.py)
             tiles = events | "Tiles" >> EventsToTiles(self._spec, tiled)
             per_view += [tiles[tile_tag(view)] | ComputeFeatures(self._spec, view, from_tiles=True)
