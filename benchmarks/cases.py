@@ -144,7 +144,7 @@ def streaming_engine(p: dict[str, Any]) -> dict[str, Any]:
     from pipelines.streaming_features import run
 
     out = Path(p["out_dir"])
-    argv = _store_args(p, out) + ["--streaming", *runner_args(p["engine"])]
+    argv = _store_args(p, out) + ["--streaming", *runner_args(p["engine"]), *p.get("extra_args", [])]
     with _Clock() as clock:
         result = run(argv)
     try:

@@ -71,7 +71,17 @@ STREAM_ENGINES = {
 
 def stream_labels(engine: str) -> dict[str, str]:
     ours = "b2_streaming" if engine == "direct" else f"b2_streaming_{engine}"
-    return {"ours": ours, "tiny": f"{ours}_tiny", "handwritten": f"baseline_stream_{engine}"}
+    return {"ours": ours, "tiny": f"{ours}_tiny", "handwritten": f"baseline_stream_{engine}",
+            "large": f"{ours}_large", "event_path": f"{ours}_event_path"}
+
+
+def _steady(case: Optional[dict[str, Any]], tiny: Optional[dict[str, Any]]) -> tuple[Optional[float], Optional[float]]:
+    """(events/s, CPU µs per event) of a run beyond a tiny run's fixed cost (start-up, shut-down)."""
+    if not case or not tiny or case["events"] <= tiny["events"] or case["elapsed_s"] <= tiny["elapsed_s"]:
+        return None, None
+    n = case["events"] - tiny["events"]
+    cpu = case["cpu_s"] - tiny["cpu_s"]
+    return n / (case["elapsed_s"] - tiny["elapsed_s"]), (1e6 * cpu / n if cpu > 0 else None)
 
 
 def _ok(results: dict[str, Any], label: str) -> Optional[dict[str, Any]]:
@@ -123,6 +133,20 @@ def _streaming(results: dict[str, Any]) -> dict[str, Any]:
             if ours and ours["events"] > tiny["events"] and ours["elapsed_s"] > tiny["elapsed_s"]:
                 entry["marginal_events_per_s"] = (ours["events"] - tiny["events"]) / (
                     ours["elapsed_s"] - tiny["elapsed_s"])
+        # at scale: the steady rate and CPU per event beyond the start-up, fast path and (Prism)
+        # the same graph event at a time
+        large, event_path = _ok(results, labels["large"]), _ok(results, labels["event_path"])
+        if large:
+            entry["large_events"] = large["events"]
+            entry["large_events_per_s"] = large["events_per_s"]
+            entry["steady_events_per_s"], entry["steady_cpu_us_per_event"] = _steady(large, tiny)
+        if event_path:
+            entry["event_path_events"] = event_path["events"]
+            entry["event_path_events_per_s"] = event_path["events_per_s"]
+            entry["event_path_steady_events_per_s"], entry["event_path_steady_cpu_us_per_event"] = _steady(
+                event_path, tiny)
+            entry["fast_vs_event_path_cpu"] = _ratio(entry["event_path_steady_cpu_us_per_event"],
+                                                     entry.get("steady_cpu_us_per_event"))
         out[engine] = entry
     return out
 
@@ -375,24 +399,42 @@ def _goals(
     for shape, entry in s["shapes"].items():
         goals += _shape_goals(shape, entry, large_n, small_n if shape == "plain" else None, s)
     engines = s.get("streaming", {})
-    rates = {e: v["ours_events_per_s"] for e, v in engines.items() if v["ours_events_per_s"]}
+    # issue 14 item 4: >= 20,000 events/s on a real engine, judged at scale without the engine's
+    # start-up (a 10k-event run is mostly start-up); the whole-run rates are in the notes
+    steady = {e: v["steady_events_per_s"] for e, v in engines.items() if v.get("steady_events_per_s")}
+    rates = steady or {e: v["ours_events_per_s"] for e, v in engines.items() if v["ours_events_per_s"]}
     best = max(rates, key=rates.get) if rates else None
     rate = rates.get(best) if best else _rate(streaming)
     per_engine = "; ".join(
-        f"{e}: {_fmt(v['ours_events_per_s'], ',.0f')} events/s "
-        f"({_fmt(v['ours_cpu_events_per_s'], ',.0f')} per CPU-second)"
+        f"{e}: {_fmt(v['ours_events_per_s'], ',.0f')} events/s (B2 run, start-up included)"
+        + (f", {v['large_events']:,} events: {v['large_events_per_s']:,.0f} events/s with start-up, "
+           f"{v['steady_events_per_s']:,.0f} without" if v.get("steady_events_per_s") else "")
         for e, v in engines.items()
         if v["ours_events_per_s"]
     )
     goals.append(
         _goal(
-            "B2 streaming, best engine",
+            "B2 streaming, best engine" + (" (at scale, without start-up)" if steady else ""),
             ">= 20,000 events/s",
             _fmt(rate, ",.0f", " events/s") + (f" ({best})" if best else ""),
             rate is not None and rate >= 20_000,
             per_engine or f"per CPU-second: {_fmt(_rate(streaming, 'cpu_events_per_s'), ',.0f')} events/s",
         )
     )
+    cheaper = {e: v["fast_vs_event_path_cpu"] for e, v in engines.items() if v.get("fast_vs_event_path_cpu")}
+    if cheaper:
+        e, ratio = next(iter(cheaper.items()))
+        v = engines[e]
+        goals.append(
+            _goal(
+                "Streaming CPU per event vs the same graph event at a time",
+                ">= 10x cheaper",
+                f"{ratio:,.1f}x ({e})",
+                ratio >= 10,
+                f"{v['steady_cpu_us_per_event']:,.0f} µs vs {v['event_path_steady_cpu_us_per_event']:,.0f} µs "
+                f"per event beyond start-up ({v['large_events']:,} and {v['event_path_events']:,} events)",
+            )
+        )
     r = s.get("b3_ours_vs_pipelined")
     r2 = s.get("b3_ours_vs_pipelined_encoding")
     goals.append(
@@ -666,7 +708,10 @@ def _stream_rows(results: dict[str, Any]) -> list[str]:
             f"{trigger.get('allowed_lateness_s', '?')} s allowed lateness, accumulating), ours next "
             "to the hand-written streaming pipeline (`benchmarks/handwritten.py`, `run_streaming`: "
             "the same trigger with Beam's classes) run right after it. Run time includes the "
-            "engine's start-up; peak RSS is the whole process tree (Prism binary, Flink's JVM)."
+            "engine's start-up; peak RSS is the whole process tree (Prism binary, Flink's JVM). "
+            "On Prism and Flink ours also runs at scale (more events, same generator), and on Prism "
+            "the same streaming graph event at a time (`--preaggregate false`): their rates and CPU "
+            "per event without the start-up are in the notes and goals."
         ),
         "",
         _row(
@@ -689,7 +734,9 @@ def _stream_rows(results: dict[str, Any]) -> list[str]:
         hw_label = stream_handwritten_label(results, engine) or labels["handwritten"]
         entry = summary.get(engine, {})
         for what, label in (("ours", labels["ours"]), ("hand-written", hw_label),
-                            ("ours: fixed cost (start-up)", labels["tiny"])):
+                            ("ours: fixed cost (start-up)", labels["tiny"]),
+                            ("ours at scale", labels["large"]),
+                            ("ours event at a time (--preaggregate false)", labels["event_path"])):
             case = cases.get(label)
             if not case:
                 continue
@@ -860,6 +907,18 @@ def _details(results: dict[str, Any]) -> list[str]:
                 f"{plan['handwritten_budget_s']:.0f} s); the DirectRunner's cost per event grows "
                 "with the run, so the ratio flatters the hand-written pipeline."
             )
+    for engine, entry in s.get("streaming", {}).items():
+        if entry.get("steady_events_per_s"):
+            line = (f"- B2 at scale on the {STREAM_ENGINES[engine]}: {entry['large_events']:,} events at "
+                    f"{entry['large_events_per_s']:,.0f} events/s with start-up, "
+                    f"{entry['steady_events_per_s']:,.0f} events/s and "
+                    f"{_fmt(entry.get('steady_cpu_us_per_event'), ',.0f')} µs of CPU per event without it")
+            if entry.get("event_path_steady_events_per_s"):
+                line += (f"; event at a time ({entry['event_path_events']:,} events): "
+                         f"{entry['event_path_steady_events_per_s']:,.0f} events/s and "
+                         f"{_fmt(entry.get('event_path_steady_cpu_us_per_event'), ',.0f')} µs per event, "
+                         f"{_fmt(entry.get('fast_vs_event_path_cpu'), ',.1f')}x the CPU per event")
+            out.append(line + ".")
     fixed = {e: v for e, v in s.get("streaming", {}).items() if v.get("fixed_cost_s")}
     if fixed:
         out.append(

@@ -8,7 +8,8 @@ in a fresh subprocess (so peak memory is per run):
   B2  streaming events/s on the same events: the replay (TestStream on the BundleBasedDirectRunner)
       and the files read as a stream on Prism and on Flink's mini cluster (plus a tiny run each:
       the engine's fixed start-up cost), each next to the hand-written streaming pipeline on the
-      same engine
+      same engine; at scale (300k events) on Prism and Flink, and on Prism the streaming graph
+      event at a time (--preaggregate false), for the steady rate and CPU per event
   B3  feature rows/s into Redis: ours vs redis-py pipelined vs per-row vs redis-benchmark
   training set (issue 16): pipelines.training_set on 1M labels x 10 features, Feast's
       get_historical_features on 100k of them (benchmarks/training_bench.py)
@@ -68,6 +69,11 @@ class Plan:
     stream: int = 10_000  # the streaming DirectRunner does a few hundred events/s: keep it < ~2 min
     # B2 on Prism and Flink: a run this small is the engine's fixed cost (start-up; 0: skip)
     stream_tiny: int = 500
+    # B2 on Prism and Flink at scale (issue 14 item 4): the streaming fast path's steady rate and
+    # CPU per event without the start-up (0: skip), and on Prism the same graph event at a time
+    # (--preaggregate false) at stream_event_path events, for the CPU per event of both
+    stream_large: int = 300_000
+    stream_event_path: int = 100_000
     # the hand-written streaming pipeline on the BundleBasedDirectRunner is several times slower
     # than ours there: it runs at this size first, and at `stream` only if that projects it under
     # handwritten_budget_s (as the batch baseline does)
@@ -109,6 +115,8 @@ QUICK = Plan(
     large=20_000,
     stream=500,
     stream_tiny=0,
+    stream_large=0,
+    stream_event_path=0,
     handwritten_stream_probe=300,
     handwritten_probe=2_000,
     handwritten=5_000,
@@ -272,6 +280,16 @@ class Suite:
                 self.measure(label, "streaming_engine", events_path=stream["path"], events=stream["events"],
                              spec=self.stream_spec, out_dir=str(self.workdir / label), views=views,
                              engine=engine)
+                at_scale = [(f"{label}_large", plan.stream_large, [])]
+                if engine == "prism":
+                    at_scale.append((f"{label}_event_path", plan.stream_event_path, ["--preaggregate", "false"]))
+                for scale_label, n, extra in at_scale:
+                    if n:
+                        meta = self.events(f"stream_{n}", EventSet(n))
+                        self.measure(scale_label, "streaming_engine", events_path=meta["path"],
+                                     events=meta["events"], spec=self.stream_spec,
+                                     out_dir=str(self.workdir / scale_label), views=views, engine=engine,
+                                     extra_args=extra)
             params = {"spec": self.stream_spec, "redis_url": redis_url, "engine": engine,
                       "early_s": STREAM_EARLY_S, "allowed_lateness_s": STREAM_LATENESS_S}
             if engine == "direct" and plan.handwritten_stream_probe < plan.stream:
