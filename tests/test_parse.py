@@ -168,9 +168,11 @@ def test_canonical_rfc3339_is_always_decided_by_the_fast_path(texts):
     assert None not in epoch_ms(pa.array(texts)).to_pylist()
 
 
-def test_numbers_and_strings_in_one_block_are_decided_as_the_event_path_decides():
-    """A block mixing epoch-ms numbers and RFC 3339 strings is read in one pass (the numbers'
-    key renamed); a row the columnar read cannot decide goes to the event path whole."""
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "spaced"])
+def test_numbers_and_strings_in_one_block_are_decided_as_the_event_path_decides(compact):
+    """A block mixing epoch-ms numbers and RFC 3339 strings is read in one pass (one of the two
+    keys renamed: the strings' in compact JSON, else the numbers'); a row the columnar read
+    cannot decide goes to the event path whole."""
     from transforms.backfill.columnar import ColumnarChunks, columnar_schema
 
     plan = ParsePlan.from_spec(make_spec([view(features=[{"name": "n", "agg": "count"}])]))
@@ -183,13 +185,19 @@ def test_numbers_and_strings_in_one_block_are_decided_as_the_event_path_decides(
         b'{"ts": %d, "ts": "2026-01-01T00:00:00Z", "user_id": "u6"}' % TS,  # a repeated key
         b'{"ts": "", "user_id": "u7"}',
     ]
-    tables, slow = ColumnarChunks(plan, columnar_schema(plan)).parse_block(b"\n".join(lines) + b"\n")
+    if compact:
+        lines = [line.replace(b" ", b"") for line in lines]
+    chunks = ColumnarChunks(plan, columnar_schema(plan))
+    tables, slow = chunks.parse_block(b"\n".join(lines) + b"\n")
     got = {user: ts for table in tables for user, ts in zip(table["user_id"].to_pylist(), table["ts"].to_pylist())}
     assert got == {"u1": TS, "u2": TS + 1000, "u3": TS + 7, "u4": TS + 9}
     assert all(table.column_names == tables[0].column_names for table in tables)
     assert "ts\x01" not in tables[0].column_names
     assert slow == lines[4:]
+    # the key's name as a value: compact or not, the numbers' key is renamed instead
+    tables, slow = chunks.parse_block(b"\n".join(lines[:2] + [b'{"ts":%d,"user_id":"ts"}' % TS]) + b"\n")
+    assert [t for table in tables for t in table["ts"].to_pylist()] == [TS, TS + 1000, TS] and slow == []
     # a block holding the escape the renamed key uses is read as before (by bisection)
     escaped = b'{"ts": %d, "user_id": "u\\u0001"}' % TS
-    tables, slow = ColumnarChunks(plan, columnar_schema(plan)).parse_block(escaped + b"\n" + lines[1] + b"\n")
+    tables, slow = chunks.parse_block(escaped + b"\n" + lines[1] + b"\n")
     assert slow == [escaped, lines[1]]

@@ -621,7 +621,10 @@ class CountDistinct(_Incremental):
                     out.append(None)
                     continue
                 sketch = hll_sketch(HLL_LG_K)
-                deque(map(sketch.update, strings[lo:hi]), maxlen=0)
+                if hi - lo == 1:  # most tiles of sparse entities: no slice, no map
+                    sketch.update(strings[lo])
+                else:
+                    deque(map(sketch.update, strings[lo:hi]), maxlen=0)
                 out.append(sketch)
             return out
 
@@ -672,18 +675,16 @@ class Percentile(_Incremental):
             flat, offsets = _lists(g[name])
             # nulls -> NaN (valid values are finite); a writable copy, as the sketch's update requires
             numbers = np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
-            has_nulls = flat.null_count > 0
-            out = []
-            for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-                chunk = numbers[lo:hi]
-                if has_nulls:
-                    chunk = chunk[~np.isnan(chunk)]
-                if not len(chunk):
-                    out.append(None)
-                    continue
+            offsets = np.asarray(offsets, dtype=np.int64)
+            if flat.null_count:  # drop the nulls once: group i's values are then numbers[o[i]:o[i+1]]
+                valid = ~np.isnan(numbers)
+                offsets = np.concatenate([[0], np.cumsum(valid)])[offsets]
+                numbers = numbers[valid]
+            out: list = [None] * (len(offsets) - 1)
+            for i in np.flatnonzero(np.diff(offsets)).tolist():
                 sketch = kll_doubles_sketch(KLL_K)
-                sketch.update(chunk)
-                out.append(sketch)
+                sketch.update(numbers[offsets[i]:offsets[i + 1]])
+                out[i] = sketch
             return out
 
         return rows, read

@@ -111,11 +111,12 @@ def columnar_schema(plan: ParsePlan) -> Optional[pa.Schema]:
 
 # -- timestamps, vectorised --------------------------------------------------------------------
 # Real logs give event times as RFC 3339 strings, often mixed with epoch-ms numbers in one file.
-# Arrow's JSON reader wants one type per column, so in a block holding both the key of every
-# number is renamed first (one C-level regex substitution with a constant replacement) to the
-# field's name + U+0001, read as a column of its own (blocks holding the escape `\u0001` are left
-# alone). Only JSON integers in canonical form followed by `,` or `}` are renamed, so every other
-# spelling keeps failing Arrow and takes the event path as before; a row with both keys (a
+# Arrow's JSON reader wants one type per column, so in a block holding both the key of one of
+# them is renamed first to the field's name + U+0001 and read as a column of its own (blocks
+# holding the escape `\u0001` are left alone): in compact JSON the strings' key, by plain byte
+# replacement; otherwise the key of every JSON integer in canonical form followed by `,` or `}`
+# (one C-level regex substitution with a constant replacement). Every other spelling of a
+# number keeps failing Arrow and takes the event path as before; a row with both keys (a
 # repeated key) takes it too. Strings are decided here only when they have the exact
 # shape below and denote a valid date and time; every other value becomes null and the row takes
 # the event path (datetime.fromisoformat), so both paths give every row the same verdict.
@@ -133,16 +134,28 @@ class _TimestampShapes:
         self.string = re.compile(key + rb"\s*:\s*\"")
         self.number = re.compile(key + rb"\s*:\s*-?\d")
         self.integer = re.compile(key + rb"\s*:\s*(?=-?(?:0|[1-9]\d*)\s*[,}])")
-        self.number_field = field + "\x01"
-        # the renamed key as JSON (`"<field>\u0001":`), its backslash escaped for re.sub
-        self._renamed = (json.dumps(self.number_field).encode() + b":").replace(b"\\", b"\\\\")
+        self.renamed_field = field + "\x01"
+        renamed = json.dumps(self.renamed_field).encode() + b":"  # `"<field>\u0001":`
+        self._renamed_template = renamed.replace(b"\\", b"\\\\")  # its backslash escaped for re.sub
+        self._key = json.dumps(field).encode()
+        self._renamed_string = renamed + b'"'
 
     def rename_numbers(self, block: bytes) -> Optional[bytes]:
-        """The block with the key of its integer timestamps renamed to `number_field`; None when
+        """The block with the key of its integer timestamps renamed to `renamed_field`; None when
         the new key could be confused with one of the block."""
         if b"\\u0001" in block or b"\x01" in block:
             return None
-        return self.integer.sub(self._renamed, block)
+        return self.integer.sub(self._renamed_template, block)
+
+    def rename_strings(self, block: bytes) -> Optional[bytes]:
+        """The block with the key of its string timestamps renamed to `renamed_field`, when every
+        occurrence of the key is written `"<field>":` (compact JSON, as most writers emit it):
+        then a string value follows exactly `"<field>":"`, and plain byte replacement does it
+        (~10x cheaper than `rename_numbers`' regex). None otherwise, or when the new key could
+        be confused with one of the block."""
+        if b"\\u0001" in block or b"\x01" in block or block.count(self._key) != block.count(self._key + b":"):
+            return None
+        return block.replace(self._key + b':"', self._renamed_string)
 
 
 def _ints(column: pa.Array) -> np.ndarray:
@@ -207,9 +220,13 @@ class ColumnarChunks:
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         ts = plan.timestamp_field
         self._shapes = _TimestampShapes(ts)
-        as_text = schema.set(schema.get_field_index(ts), pa.field(ts, pa.string())).append(
-            pa.field(self._shapes.number_field, pa.int64()))
+        renamed = self._shapes.renamed_field
+        # strings in the timestamp field (numbers, if any, renamed)
+        as_text = schema.set(schema.get_field_index(ts), pa.field(ts, pa.string())).append(pa.field(renamed, pa.int64()))
         self._text_options = pj.ParseOptions(explicit_schema=as_text, unexpected_field_behavior="ignore")
+        # numbers in the timestamp field, strings renamed
+        with_text = schema.append(pa.field(renamed, pa.string()))
+        self._renamed_text_options = pj.ParseOptions(explicit_schema=with_text, unexpected_field_behavior="ignore")
         self._exclude: Optional[np.ndarray] = None
 
     def parse_block(self, block: bytes, exclude_ids: Optional[np.ndarray] = None) -> tuple[list[pa.Table], list[bytes]]:
@@ -248,20 +265,27 @@ class ColumnarChunks:
         options = self._parse_options
         if self._shapes.string.search(data) is not None:
             if self._shapes.number.search(data) is not None:
-                rewritten = self._shapes.rename_numbers(data)
+                rewritten = self._shapes.rename_strings(data)
                 if rewritten is not None:
-                    data, options = rewritten, self._text_options
+                    data, options = rewritten, self._renamed_text_options
+                else:
+                    rewritten = self._shapes.rename_numbers(data)
+                    if rewritten is not None:
+                        data, options = rewritten, self._text_options
             else:
                 options = self._text_options
         table = pj.read_json(io.BytesIO(data), parse_options=options,
                              read_options=pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1)))
-        if options is self._text_options:
-            ts, numbers = self._plan.timestamp_field, self._shapes.number_field
-            text, number = table[ts].combine_chunks(), table[numbers].combine_chunks()
-            times = pc.if_else(pc.is_valid(number), pc.if_else(pc.is_valid(text), pa.scalar(None, pa.int64()), number),
-                               epoch_ms(text))
-            table = table.drop_columns([numbers]).set_column(table.schema.get_field_index(ts), ts, times)
-        return table
+        if options is self._parse_options:
+            return table
+        ts, renamed = self._plan.timestamp_field, self._shapes.renamed_field
+        text, number = table[ts].combine_chunks(), table[renamed].combine_chunks()
+        if options is self._renamed_text_options:
+            text, number = number, text
+        # a row with both keys (a repeated key) is left to the event path
+        times = pc.if_else(pc.is_valid(number), pc.if_else(pc.is_valid(text), pa.scalar(None, pa.int64()), number),
+                           epoch_ms(text))
+        return table.drop_columns([renamed]).set_column(table.schema.get_field_index(ts), ts, times)
 
     def _parse_block(self, lines: list[bytes], tables: list[pa.Table], slow: list[bytes]) -> None:
         try:
