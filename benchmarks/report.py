@@ -440,9 +440,9 @@ def _goals(
     goals.append(
         _goal(
             "B3 Redis sink vs redis-py pipelined HSET",
-            ">= 50 %",
+            ">= 80 %",
             _fmt(r and 100 * r, ".0f", " %"),
-            r is not None and r >= 0.5,
+            r is not None and r >= 0.8,
             f"vs pipelined HSET that also encodes the values: {_fmt(r2 and 100 * r2, '.0f', ' %')}",
         )
     )
