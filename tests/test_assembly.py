@@ -87,3 +87,13 @@ def test_first_and_last_over_windows_equal_merging_each_window(text_states, numb
             agg = kind.__new__(kind)
             got = agg.over_windows(states, tiles)
             assert got == [agg.window(states[lo:hi]) for lo, hi in tiles.ranges()]
+
+
+@given(st.lists(st.integers(-50, 200), max_size=40), st.sampled_from([1, 7, 60_000]), st.integers(1, 6),
+       st.booleans())
+def test_window_ends_laid_out_in_runs_equal_the_sorted_distinct_ends(starts, tile, k, on_grid):
+    from transforms.backfill.assembly import _window_ends
+
+    starts = np.unique(np.array(starts, dtype=np.int64)) * (tile if on_grid else 1)
+    expected = np.unique((starts[:, None] + tile * np.arange(1, k + 1)).ravel())
+    assert np.array_equal(_window_ends(starts, tile, k), expected)

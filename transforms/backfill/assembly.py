@@ -22,7 +22,7 @@ from transforms.aggregations import Gather
 def gather(starts: np.ndarray, tile_ms: int, size_ms: int) -> Gather:
     """For each window end and each k < K, the index of the window's k-th tile, if present."""
     k_max = size_ms // tile_ms
-    ends = np.unique((starts[:, None] + tile_ms * np.arange(1, k_max + 1)).ravel())
+    ends = _window_ends(starts, tile_ms, k_max)
     last = len(starts) - 1
     slots = []
     for k in range(k_max):
@@ -30,6 +30,23 @@ def gather(starts: np.ndarray, tile_ms: int, size_ms: int) -> Gather:
         index = np.minimum(np.searchsorted(starts, want), last)
         slots.append((index, starts[index] == want))
     return Gather(ends, np.searchsorted(starts, ends - size_ms), np.searchsorted(starts, ends), slots)
+
+
+def _window_ends(starts: np.ndarray, tile_ms: int, k_max: int) -> np.ndarray:
+    """The sorted distinct `start + k * tile_ms` for k in 1..k_max over the (sorted, distinct)
+    starts of tiles on a grid of `tile_ms`: runs of starts less than a window apart give one
+    run of consecutive ends each, laid out without sorting."""
+    if not len(starts):
+        return starts.copy()
+    if (starts % tile_ms).any() or (np.diff(starts) <= 0).any():  # not on one grid: sort them out
+        return np.unique((starts[:, None] + tile_ms * np.arange(1, k_max + 1)).ravel())
+    new_run = np.ones(len(starts), dtype=bool)
+    new_run[1:] = np.diff(starts) > k_max * tile_ms
+    first = starts[new_run]  # each run's ends go from its first start + tile to its last + K tiles
+    last = starts[np.append(np.flatnonzero(new_run)[1:] - 1, len(starts) - 1)]
+    counts = (last - first) // tile_ms + k_max
+    step = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(first + tile_ms, counts) + step * tile_ms
 
 
 class Windows(NamedTuple):
