@@ -255,3 +255,11 @@ def test_columnar_chunks_equal_the_event_at_a_time_parser(items):
     for key, values in slow_tiles.items():
         for a, b in zip(fast_tiles[key], values):
             assert a == pytest.approx(b, rel=1e-9) if isinstance(b, float) else a == b, key
+
+
+@given(st.lists(st.sampled_from(list(b"{}a \t\r\n\x0b\x0c")), max_size=12).map(bytes))
+def test_blank_line_check_equals_the_regex(body):
+    """The blocks' blank-line check on the lines' first bytes decides as the regex does."""
+    from transforms.backfill.columnar import _BLANK_LINE, _has_blank_line
+
+    assert _has_blank_line(body) == (_BLANK_LINE.search(b"\n" + body + b"\n") is not None)

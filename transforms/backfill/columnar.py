@@ -56,6 +56,22 @@ def _utf8(data: bytes) -> bool:
         return False
 
 
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\r\n\x0b\x0c")] = True
+
+
+def _has_blank_line(body: bytes) -> bool:
+    """Whether a line of `body` (lines split at b"\n") is empty or whitespace only. Lines that
+    all start with another byte (JSONL lines start with `{`) have none: checked on the lines'
+    first bytes, without the regex's pass and copies; otherwise the regex decides."""
+    data = np.frombuffer(body, dtype=np.uint8)
+    starts = np.flatnonzero(data == 10) + 1
+    if len(data) and (not len(starts) or starts[-1] < len(data)) and not _WHITESPACE[data[0]] \
+            and not _WHITESPACE[data[starts]].any():
+        return False
+    return _BLANK_LINE.search(b"\n" + body + b"\n") is not None
+
+
 def screen_block(block: bytes) -> tuple[bytes, list[bytes]]:
     """(the block without the lines Arrow would judge differently from the parser, those lines)."""
     ascii = block.isascii()  # then it holds no byte-order mark (the third token) either
@@ -243,7 +259,7 @@ class ColumnarChunks:
         if not block:
             return [], []
         body = block[:-1] if block.endswith(b"\n") else block
-        if _BLANK_LINE.search(b"\n" + body + b"\n") is None:  # else rows could not be matched to lines
+        if not _has_blank_line(body):  # else rows could not be matched to lines
             try:
                 table = self._read(block)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
