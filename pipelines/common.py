@@ -184,6 +184,30 @@ def engine_name(result: beam.runners.runner.PipelineResult, options: Optional[Pi
     return runner
 
 
+def query_metrics(result: beam.runners.runner.PipelineResult) -> dict[str, list]:
+    """`result.metrics().query()`, with each metric summed over the engine's stages that ran its step.
+
+    Why: a step fed by a Flatten of inputs from different stages (the offline writer after the
+    per-view rows are merged) is fused into each of those stages. Flink's job server reports one
+    MonitoringInfo per stage for it, under the same step and name, and Beam's PortableMetrics
+    keeps only the last of them (offline_store.rows_written 245 of 311: one view's stage). Beam's
+    FnApiRunner sums the same case with `monitoring_infos.consolidate`; this does the same here.
+    """
+    from apache_beam.metrics import monitoring_infos
+    from apache_beam.portability.api import beam_job_api_pb2
+    from apache_beam.runners.portability import portable_runner
+
+    job_service, job_id = getattr(result, "_job_service", None), getattr(result, "_job_id", None)
+    if not isinstance(result, portable_runner.PipelineResult) or job_service is None or job_id is None:
+        return result.metrics().query()
+    response = job_service.GetJobMetrics(beam_job_api_pb2.GetJobMetricsRequest(job_id=job_id))
+    for kind in (response.metrics.attempted, response.metrics.committed):
+        merged = list(monitoring_infos.consolidate(kind))
+        del kind[:]
+        kind.extend(merged)
+    return portable_runner.PortableMetrics(response).query()
+
+
 def report(result: beam.runners.runner.PipelineResult, options: Optional[PipelineOptions] = None,
            out=None) -> dict[str, int]:
     """Print the engine that ran, the run's summary table (pipelines.summary.run_summary) and every
@@ -196,7 +220,7 @@ def report(result: beam.runners.runner.PipelineResult, options: Optional[Pipelin
     counters: dict[str, int] = {}
     lags: dict[str, tuple[int, int, int]] = {}  # freshness per view: (count, sum, max) of lag ms
     try:
-        metrics = result.metrics().query()
+        metrics = query_metrics(result)
         for counter in metrics["counters"]:
             key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
             counters[key] = counters.get(key, 0) + (counter.committed or counter.attempted or 0)
