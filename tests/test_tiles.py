@@ -263,3 +263,45 @@ def test_blank_line_check_equals_the_regex(body):
     from transforms.backfill.columnar import _BLANK_LINE, _has_blank_line
 
     assert _has_blank_line(body) == (_BLANK_LINE.search(b"\n" + body + b"\n") is not None)
+
+
+def test_tiles_of_one_entity_from_several_ranges_are_merged_before_assembly(lines):
+    """A shard's group holds one batch per range; the same (entity, tile) in two batches is
+    merged first, so its windows equal those of the tiles built from all events at once."""
+    spec = load_spec(EXAMPLE_SPEC)
+    plan = ParsePlan.from_spec(spec)
+    verdicts = Verdicts(plan.parse)
+    events = [e for e, letter in map(verdicts, lines) if letter is None]
+    views = [(v.name, plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
+             for v in spec.feature_views]
+    halves = [[{} for _ in views] for _ in range(3)]  # two "ranges" (events alternate) and all
+    for i, event in enumerate(events):
+        tiles.add_to_tiles(views, halves[i % 2], event)
+        tiles.add_to_tiles(views, halves[2], event)
+    assemble = tiles._AssembleWindows(spec, list(spec.feature_views))
+
+    def rows(parts: list[int]) -> dict:
+        out = {}
+        for index, (name, _, _, fn) in enumerate(views):
+            groups: dict = {}
+            for part in parts:
+                for key, batch in tiles.tile_batches(name, fn, halves[part][index], 4):
+                    groups.setdefault(key, []).append(batch)
+            assert len(groups) == 4
+            for key, batches in groups.items():
+                for output in assemble.process((key, batches)):
+                    if isinstance(output, beam.pvalue.TaggedOutput):
+                        out[("newest", output.value.view, output.value.entity)] = output.value
+                    else:
+                        for row in output.table.to_pylist():
+                            out[(name, row[spec.entities[spec.view(name).entity].join_key], row["window_end"])] = row
+        return out
+
+    merged, whole = rows([0, 1]), rows([2])
+    assert merged.keys() == whole.keys() and len(merged) > 100
+    for key, row in whole.items():
+        if key[0] == "newest":
+            assert merged[key][:7] == row[:7]
+            assert_same_rows([dict(zip(range(99), merged[key].features))], [dict(zip(range(99), row.features))])
+        else:
+            assert_same_rows([merged[key]], [row])

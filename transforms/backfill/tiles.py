@@ -5,7 +5,8 @@ A sliding window of size S and period P is exactly the union of its S/P tiles of
 a fixed window of size S is one tile of length S, so merging tile accumulators with the view's own
 CombineFn gives the values the event-at-a-time path gives (floating-point sums up to rounding,
 sketches within their error). Each event is parsed once and touched once per view instead of
-size/period times; the shuffle carries one element per (view, entity, tile).
+size/period times; the shuffle carries one batch of tiles per (view, entity shard) and range
+(`tile_batches`), and each shard's tiles are assembled together (`_AssembleWindows`).
 Session windows are not tileable; they take the event path.
 """
 
