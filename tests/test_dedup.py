@@ -8,8 +8,10 @@ from collections import defaultdict
 
 import apache_beam as beam
 import pyarrow.dataset as ds
+import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
@@ -127,3 +129,29 @@ def test_copies_grouped_by_id_shard_keep_what_grouping_by_id_keeps():
         assert removed == 400 - len(expected), shards
     with pytest.raises(ValueError, match="got 0"):
         KeepWithinHorizon(600, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "", "é"]), st.integers(0, 3000),
+                          st.sampled_from(["u1", "u2", "u10"]),
+                          st.one_of(st.none(), st.sampled_from([1.0, -2.5, 1e16, 10.0, 0.1]))),
+                max_size=40),
+       st.sampled_from([0, 1, 600, 1000]))
+def test_kept_copies_keeps_what_keep_within_horizon_keeps(rows, horizon_ms):
+    """The vectorised rule (the fast path's, over many ids at once) keeps exactly the copies the
+    per-id rule keeps, including which of equal-time copies wins."""
+    from transforms.dedup import keep_within_horizon, kept_copies, tie_order
+    from transforms.records import Event
+
+    events = [Event(t, event_id, [user], [amount], [], 0) for event_id, t, user, amount in rows]
+    kept = kept_copies([e.event_id for e in events], np.array([e.event_time_ms for e in events], np.int64),
+                       [tie_order(e.keys, e.nums) for e in events], horizon_ms)
+    by_id: dict = defaultdict(list)
+    for event in events:
+        by_id[event.event_id].append(event)
+    expected = sorted((tuple(e.keys), e.event_time_ms, tuple(map(str, e.nums)), e.event_id)
+                      for copies in by_id.values() for e in keep_within_horizon(copies, horizon_ms))
+    got = sorted((tuple(events[i].keys), events[i].event_time_ms, tuple(map(str, events[i].nums)),
+                  events[i].event_id) for i in kept.tolist())
+    assert got == expected
+    assert len(set(kept.tolist())) == len(kept)

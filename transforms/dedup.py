@@ -11,7 +11,7 @@ the horizon after the last one kept.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterable, Iterator, Optional, Tuple
+from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -166,10 +166,44 @@ class DropDuplicateEvents(beam.PTransform[PCollection[Event], PCollection[Event]
 def keep_within_horizon(events: Iterable[Event], horizon_ms: int) -> list[Event]:
     """Bounded rule: earliest copy first; a later copy only beyond the horizon of the last kept."""
     kept: list[Event] = []
-    for event in sorted(events, key=lambda e: (e.event_time_ms, tuple(e.keys), tuple(map(str, e.nums)))):
+    for event in sorted(events, key=lambda e: (e.event_time_ms, tie_order(e.keys, e.nums))):
         if not kept or event.event_time_ms - kept[-1].event_time_ms > horizon_ms:
             kept.append(event)
     return kept
+
+
+def tie_order(keys: Sequence[str], nums: Sequence[Optional[float]]) -> tuple:
+    """What `keep_within_horizon` orders copies of the same event time by (after the time)."""
+    return tuple(keys), tuple(map(str, nums))
+
+
+def kept_copies(ids: Sequence[str], times: np.ndarray, ties: Sequence[tuple], horizon_ms: int) -> np.ndarray:
+    """`keep_within_horizon` over the copies of many ids at once -> the indices of the copies it
+    keeps. Rows are sorted by (id, time, tie order, input position), as the rule sorts each id's
+    copies (stably); an id whose copies all lie within the horizon of its earliest keeps only
+    that one, and only ids spread wider than the horizon are walked copy by copy."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    _, id_codes = np.unique(np.asarray(ids, dtype=object), return_inverse=True)
+    ranks = {tie: rank for rank, tie in enumerate(sorted(set(ties)))}
+    tie_codes = np.fromiter((ranks[tie] for tie in ties), np.int64, n)
+    times = np.asarray(times, dtype=np.int64)
+    order = np.lexsort((np.arange(n), tie_codes, times, id_codes))
+    codes, sorted_times = id_codes[order], times[order]
+    first = np.ones(n, bool)
+    first[1:] = codes[1:] != codes[:-1]
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], n)
+    keep = first.copy()
+    wide = np.flatnonzero(sorted_times[ends - 1] - sorted_times[starts] > horizon_ms)
+    for g in wide.tolist():  # copies beyond the horizon of the last one kept
+        last = sorted_times[starts[g]]
+        for i in range(int(starts[g]) + 1, int(ends[g])):
+            if sorted_times[i] - last > horizon_ms:
+                keep[i] = True
+                last = sorted_times[i]
+    return order[keep]
 
 
 _FNV_OFFSET = 0xCBF29CE484222325

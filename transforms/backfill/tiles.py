@@ -41,7 +41,7 @@ from transforms.backfill.files import (
 )
 from transforms.backfill.columnar import ColumnarAggregator, ColumnarChunks, block_lines, columnar_schema
 from transforms.combine import FeatureViewCombineFn
-from transforms.dedup import KeepWithinHorizon, event_id_of, hash_ids, repeated_hashes
+from transforms.dedup import event_id_of, hash_ids, kept_copies, repeated_hashes, tie_order
 from transforms import progress
 from transforms.gcpause import gc_paused
 from transforms.io.offline import RowTable, columns_to_table
@@ -61,9 +61,10 @@ class _ReadAndPreaggregate(beam.DoFn):
     dead letters."""
 
     def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool,
-                 shards: int = 16):
+                 shards: int = 16, id_shards: int = 16):
         self._plan = ParsePlan.from_spec(spec)
         self._shards = shards
+        self._id_shards = id_shards
         self._views = [(v.name, self._plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
                        for v in views]
         self._emit_events = emit_events
@@ -92,25 +93,34 @@ class _ReadAndPreaggregate(beam.DoFn):
     def _process_blocks(self, blocks: Iterable[bytes], raw_events: Iterable[Any],
                         repeated_ids: np.ndarray) -> Iterable:
         """Blocks of JSONL lines (the columnar parse), then raw events one at a time. Events
-        whose id hash is in `repeated_ids` take the exact per-id path (DUPLICATES_TAG)."""
+        whose id hash is in `repeated_ids` are resolved by id shard after a shuffle
+        (DUPLICATES_TAG: rows Arrow parsed as Arrow batches, the others as Events)."""
         tiles: list[dict] = [{} for _ in self._views]
         counts = [0, 0]  # seen, parsed
         self._repeated = repeated_ids if len(repeated_ids) else None
-        exclude = self._repeated
+        copies: list[pa.Table] = []
         if self._columnar is not None:
             for block in blocks:
-                tables, slow = self._columnar.parse_block(block, exclude)
+                tables, slow = self._columnar.parse_block(block)
                 progress.advance(len(block), sum(t.num_rows for t in tables) + len(slow))
                 if tables:
                     table = pa.concat_tables(tables)  # bisected blocks: one group-by, not many
                     counts[0] += table.num_rows
                     counts[1] += table.num_rows
                     self._fields.count_table(table)
+                    if self._repeated is not None:
+                        ids = table[self._plan.id_field]
+                        repeated = np.isin(hash_ids(ids), self._repeated) & pc.is_valid(ids).to_numpy()
+                        if repeated.any():
+                            copies.append(table.filter(repeated))
+                            table = table.filter(~repeated)
                     with gc_paused():
                         for aggregator, view_tiles in zip(self._aggregators, tiles):
                             aggregator.aggregate(table, view_tiles)
                 yield from self._event_at_a_time(slow, tiles, counts)
         yield from self._event_at_a_time(raw_events, tiles, counts, report=True)
+        if copies:
+            yield from self._copies_by_shard(pa.concat_tables(copies))
         seen, parsed = counts
         self._events_in.inc(seen)
         self._parsed.inc(parsed)
@@ -118,6 +128,12 @@ class _ReadAndPreaggregate(beam.DoFn):
         for (name, _, _, fn), view_tiles in zip(self._views, tiles):
             self._tiles.inc(len(view_tiles))
             yield from tile_batches(name, fn, view_tiles, self._shards)
+
+    def _copies_by_shard(self, table: pa.Table) -> Iterator[pvalue.TaggedOutput]:
+        shard = hash_ids(table[self._plan.id_field]) % np.uint64(self._id_shards)
+        for s in np.unique(shard).tolist():
+            rows = table.filter(pa.array(shard == s))
+            yield pvalue.TaggedOutput(DUPLICATES_TAG, (s, _ipc(rows)))
 
     def _event_at_a_time(self, raw_events: Iterable[Any], tiles: list[dict], counts: list[int],
                          report: bool = False) -> Iterable:
@@ -141,12 +157,14 @@ class _ReadAndPreaggregate(beam.DoFn):
         repeated = self._repeated
         if repeated is not None and events:
             ids = pa.array([e.event_id for e in events], pa.string())
-            exact = (np.isin(hash_ids(ids), repeated) & ids.is_valid().to_numpy(zero_copy_only=False)).tolist()
+            hashes = hash_ids(ids)
+            exact = (np.isin(hashes, repeated) & ids.is_valid().to_numpy(zero_copy_only=False)).tolist()
+            shards = (hashes % np.uint64(self._id_shards)).tolist()
         else:
-            exact = [False] * len(events)
-        for event, is_repeated in zip(events, exact):
+            exact = shards = [False] * len(events)
+        for event, is_repeated, shard in zip(events, exact, shards):
             if is_repeated:
-                yield pvalue.TaggedOutput(DUPLICATES_TAG, (event.event_id, event))  # resolved after a shuffle
+                yield pvalue.TaggedOutput(DUPLICATES_TAG, (shard, event))  # resolved after a shuffle
                 continue
             if self._emit_events:  # for views that cannot be tiled (sessions)
                 yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
@@ -268,25 +286,68 @@ def _with_repeated(element: tuple[str, dict]) -> Iterator[tuple[FileRange, bytes
         yield file_range, repeated
 
 
-class _KeptEventsToTiles(beam.DoFn):
-    """Events kept by the de-duplication -> tiles, in batches per bundle as `_ReadAndPreaggregate`
-    sends them (and the events themselves, for the views that are not tiled)."""
+class _KeepCopiesToTiles(beam.DoFn):
+    """(id shard, copies of its repeated ids: Arrow batches the reader parsed, and Events) -> the
+    copies the horizon rule keeps (`kept_copies`, exactly `keep_within_horizon`), as tiles in
+    batches per bundle as `_ReadAndPreaggregate` sends them: Arrow rows through the columnar
+    aggregator, Events one by one (and the kept Events, for the views that are not tiled)."""
 
     def __init__(self, spec: FeatureSpecFile, views: list[FeatureViewSpec], emit_events: bool,
                  shards: int = 16):
-        plan = ParsePlan.from_spec(spec)
+        self._plan = plan = ParsePlan.from_spec(spec)
+        self._horizon_ms = spec.source.dedup_horizon * 1000
         self._views = [(v.name, plan.entity_index(v.entity), tile_ms(v), FeatureViewCombineFn(spec, v))
                        for v in views]
+        self._view_specs = views
+        self._aggregators: Optional[list[ColumnarAggregator]] = None  # made when Arrow rows come
         self._emit_events = emit_events
         self._shards = shards
+        self._removed = Metrics.counter("dedup", "duplicates_removed")
 
     def start_bundle(self) -> None:
         self._bundle_tiles: list[dict] = [{} for _ in self._views]
 
-    def process(self, event: Event) -> Iterable:
-        if self._emit_events:
-            yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
-        add_to_tiles(self._views, self._bundle_tiles, event)
+    def process(self, element: tuple[int, Iterable[Any]]) -> Iterable:
+        tables, events = [], []
+        for copy in element[1]:
+            if isinstance(copy, bytes):
+                tables.append(pa.ipc.open_stream(pa.py_buffer(copy)).read_all())
+            else:
+                events.append(copy)
+        plan = self._plan
+        table = pa.concat_tables(tables, promote_options="default") if tables else None
+        ids: list = []
+        times: list = []
+        ties: list = []
+        if table is not None:
+            ids = table[plan.id_field].to_pylist()
+            times = table[plan.timestamp_field].to_numpy().tolist()
+            keys = [[v if dtype == "string" else str(v) for v in table[key].to_pylist()]
+                    for _, key, dtype in plan.entities]
+            nums = [table[field].to_pylist() for field in plan.num_fields]
+            ties = [tie_order(k, n) for k, n in zip(zip(*keys) if keys else [()] * len(ids),
+                                                    zip(*nums) if nums else [()] * len(ids))]
+        arrow_rows = len(ids)
+        ids += [e.event_id for e in events]
+        times += [e.event_time_ms for e in events]
+        ties += [tie_order(e.keys, e.nums) for e in events]
+        kept = kept_copies(ids, np.array(times, np.int64), ties, self._horizon_ms)
+        self._removed.inc(len(ids) - len(kept))
+        kept.sort()
+        from_arrow = kept[kept < arrow_rows]
+        if len(from_arrow):
+            rows = table.take(pa.array(from_arrow))
+            if self._aggregators is None:
+                self._aggregators = [ColumnarAggregator(plan, v, fn, tile)
+                                     for v, (_, _, tile, fn) in zip(self._view_specs, self._views)]
+            with gc_paused():
+                for aggregator, view_tiles in zip(self._aggregators, self._bundle_tiles):
+                    aggregator.aggregate(rows, view_tiles)
+        for i in (kept[kept >= arrow_rows] - arrow_rows).tolist():
+            event = events[i]
+            if self._emit_events:
+                yield pvalue.TaggedOutput(EVENTS_TAG, TimestampedValue(event, event_timestamp(event)))
+            add_to_tiles(self._views, self._bundle_tiles, event)
 
     def finish_bundle(self) -> Iterable:
         for (name, _, _, fn), view_tiles in zip(self._views, self._bundle_tiles):
@@ -431,17 +492,22 @@ class TiledBackfill(beam.PTransform[PBegin, TiledRead]):
         else:
             work = ranges | "No ids" >> beam.Map(lambda r: (r, b""))
         tile_shards = max(16, min(256, len(self._ranges)))
+        id_shards = max(8, min(256, len(self._ranges)))
         read = work | "Read and pre-aggregate" >> beam.ParDo(
-            _ReadAndPreaggregate(self._spec, self._views, self._emit_events, tile_shards)
+            _ReadAndPreaggregate(self._spec, self._views, self._emit_events, tile_shards, id_shards)
         ).with_outputs(DEAD_LETTER_TAG, EVENTS_TAG, DUPLICATES_TAG, main="tiles")
         tiles = read.tiles
         events = read[EVENTS_TAG]
         if id_field:
             kept = (
                 read[DUPLICATES_TAG]
-                | "Keep within horizon" >> KeepWithinHorizon(self._spec.source.dedup_horizon, shards)
-                | "Kept events to tiles" >> beam.ParDo(
-                    _KeptEventsToTiles(self._spec, self._views, self._emit_events, tile_shards)
+                # held at their earliest time, as the ranges above: the kept events are
+                # re-timestamped to their own (later or equal) event times
+                | "Hold copies at earliest" >> beam.WindowInto(
+                    window.GlobalWindows(), timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
+                | "Group copies" >> beam.GroupByKey()
+                | "Keep within horizon" >> beam.ParDo(
+                    _KeepCopiesToTiles(self._spec, self._views, self._emit_events, tile_shards)
                 ).with_outputs(EVENTS_TAG, main="tiles")
             )
             tiles = (
