@@ -165,6 +165,41 @@ def test_sqlite_read_honours_ttl(tmp_path, project):
     assert store.read("user_5m", ["u1"]) == [None]
 
 
+def test_sqlite_rows_are_feasts_bytes_across_statement_batches(tmp_path, project):
+    """The SQLite store writes several entities per statement: 37 entities (two full statements and
+    a remainder, keys unsorted, one repeated) must give exactly one Feast row per (entity key,
+    feature) with the key and Value bytes of the per-value encoders, and a later pane of some of
+    them replaces only theirs."""
+    import sqlite3
+
+    path = tmp_path / "o.db"
+    store = open_online_store(f"sqlite:///{path}", spec_for(project))
+    names = [f["name"] for f in FEATURES]
+    kinds = ["int64", "double", "double", "string"]
+
+    def features(n: int) -> tuple:
+        return (n, n / 4, None if n % 3 else -n / 8, None if n % 5 == 1 else f"i{n}")
+
+    batch = [row(f"u{n}", pane=0, features=features(n)) for n in (*range(36, 0, -1), 40)]
+    batch.append(row("u7", pane=1, features=features(700)))  # the same key later in the batch wins
+    assert store.write(batch) == (38, 0)
+    assert store.write([row(f"u{n}", pane=2, features=features(n + 1000)) for n in range(10, 30)]) == (20, 0)
+    store.close()
+    expected = {}
+    for n in (*range(1, 37), 40):
+        value = features(n + 1000 if 10 <= n < 30 else 700 if n == 7 else n)
+        key = serialize_entity_key(["user_id"], [f"u{n}"], ["string"])
+        for name, kind, v in zip(names, kinds, value):
+            expected[(key, name)] = (encode_value(v, kind), None if v is None else str(v), 300)
+    conn = sqlite3.connect(path)
+    got = {(key, name): (value, text, event_ts) for key, name, value, text, event_ts in conn.execute(
+        f'SELECT entity_key, feature_name, value, value_text, event_ts FROM "{project}_user_5m"')}
+    panes = dict(conn.execute(f'SELECT entity_key, pane_index FROM "{project}__windows"'))
+    conn.close()
+    assert got == expected
+    assert [panes[serialize_entity_key(["user_id"], [f"u{n}"], ["string"])] for n in (7, 29, 30)] == [1, 2, 0]
+
+
 @pytest.mark.slow
 def test_unreachable_redis_fails_clearly_without_leaking_the_password(spec=spec_for("p")):
     store = open_online_store("redis://admin:s3cret@127.0.0.1:1/0", spec)
