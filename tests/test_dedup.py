@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.dataset as ds
 import numpy as np
 import pytest
@@ -155,3 +156,27 @@ def test_kept_copies_keeps_what_keep_within_horizon_keeps(rows, horizon_ms):
                   events[i].event_id) for i in kept.tolist())
     assert got == expected
     assert len(set(kept.tolist())) == len(kept)
+
+
+def _reference_hash(text: str | None) -> int:
+    """hash_ids' definition, one string at a time in Python integers."""
+    mask = (1 << 64) - 1
+    data = (text or "").encode("utf-8")
+    h = 0xCBF29CE484222325 ^ len(data)
+    for j, byte in enumerate(data):
+        h = (h + (byte + 1) * pow(0x100000001B3, len(data) - j, 1 << 64)) & mask
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        h = ((h ^ (h >> shift)) * factor) & mask
+    return h ^ (h >> 31)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=8), st.text(min_size=60, max_size=90)), max_size=20),
+       st.integers(0, 3))
+def test_hash_ids_is_its_polynomial_for_short_and_long_ids(texts, offset):
+    """Short ids are hashed position by position, long ones byte by byte: both give the
+    definition's value, also on a slice of an array."""
+    from transforms.dedup import hash_ids
+
+    column = pa.array(texts, pa.string()).slice(min(offset, len(texts)))
+    assert hash_ids(column).tolist() == [_reference_hash(t) for t in column.to_pylist()]

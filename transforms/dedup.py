@@ -222,23 +222,50 @@ def hash_ids(ids: "pa.Array | pa.ChunkedArray") -> np.ndarray:
         return np.zeros(0, dtype=np.uint64)
     _, offsets_buf, data_buf = ids.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int64)[ids.offset: ids.offset + n + 1]
-    lo, hi = int(offsets[0]), int(offsets[-1])
     lengths = np.diff(offsets)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    poly = _poly_by_position if int(lengths.max()) <= _BY_POSITION_MAX else _poly_by_bytes
     with np.errstate(over="ignore"):
         h = np.full(n, _FNV_OFFSET, dtype=np.uint64) ^ lengths.astype(np.uint64)
-        if hi > lo:
-            data = np.frombuffer(data_buf, dtype=np.uint8)[lo:hi].astype(np.uint64) + np.uint64(1)
-            ends = np.repeat(offsets[1:] - lo, lengths)
-            powers = np.cumprod(np.full(int(lengths.max()), _PRIME, dtype=np.uint64))
-            terms = data * powers[ends - 1 - np.arange(hi - lo)]
-            nonempty = lengths > 0
-            h[nonempty] += np.add.reduceat(terms, (offsets[:-1] - lo)[nonempty])
+        h += poly(data, offsets, lengths)
         h ^= h >> np.uint64(30)
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
         h *= np.uint64(0x94D049BB133111EB)
         h ^= h >> np.uint64(31)
     return h
+
+
+_BY_POSITION_MAX = 64  # longest id hashed position by position (one numpy pass per position)
+
+
+def _poly_by_position(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """sum over each string's bytes b_j (j from 0) of (b_j + 1) * P^(length - j), mod 2^64, by
+    Horner's rule one byte position at a time over the strings that long (ids are short:
+    ~3x cheaper than `_poly_by_bytes`, the same value)."""
+    order = np.argsort(-lengths, kind="stable")
+    by_length, starts = lengths[order], offsets[:-1][order]
+    poly = np.zeros(len(order), np.uint64)
+    for j in range(int(by_length[0])):
+        m = int(np.searchsorted(-by_length, -(j + 1), side="right"))  # the strings longer than j
+        poly[:m] = poly[:m] * _PRIME + (data[starts[:m] + j].astype(np.uint64) + np.uint64(1))
+    out = np.empty_like(poly)
+    out[order] = poly * _PRIME
+    return out
+
+
+def _poly_by_bytes(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`_poly_by_position` over all bytes at once (cost per byte, whatever the lengths)."""
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    poly = np.zeros(len(lengths), np.uint64)
+    if hi > lo:
+        values = data[lo:hi].astype(np.uint64) + np.uint64(1)
+        ends = np.repeat(offsets[1:] - lo, lengths)
+        powers = np.cumprod(np.full(int(lengths.max()), _PRIME, dtype=np.uint64))
+        terms = values * powers[ends - 1 - np.arange(hi - lo)]
+        nonempty = lengths > 0
+        poly[nonempty] = np.add.reduceat(terms, (offsets[:-1] - lo)[nonempty])
+    return poly
 
 
 def repeated_hashes(per_range: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
