@@ -104,9 +104,9 @@ def test_backfill_removes_duplicates_across_split_ranges(tmp_path, preaggregate)
         assert counters["ranges_read"] == ranges
 
 
-def test_copies_grouped_by_id_shard_keep_what_grouping_by_id_keeps():
-    """KeepWithinHorizon(shards=N) (the fast path's: N groups, not one per id) keeps exactly the
-    copies the per-id grouping keeps, and counts the same removals."""
+def test_copies_grouped_by_id_keep_what_the_rule_keeps():
+    """KeepWithinHorizon (the event path's) keeps the copies keep_within_horizon keeps per id,
+    and counts the removals."""
     from transforms.dedup import KeepWithinHorizon, keep_within_horizon
     from transforms.records import Event
 
@@ -120,16 +120,13 @@ def test_copies_grouped_by_id_shard_keep_what_grouping_by_id_keeps():
     expected = sorted((e.event_id, e.event_time_ms, e.nums[0])
                       for copies in by_id.values() for e in keep_within_horizon(copies, 600_000))
     assert 97 < len(expected) < 400
-    for shards in (None, 1, 7):
-        with beam.Pipeline(runner="FnApiRunner") as p:
-            kept = (p | beam.Create(pairs) | KeepWithinHorizon(600, shards)
-                    | beam.Map(lambda e: (e.event_id, e.event_time_ms, e.nums[0])))
-            assert_that(kept, equal_to(expected))
-        removed = sum(c.committed for c in p.result.metrics().query()["counters"]
-                      if c.key.metric.name == "duplicates_removed")
-        assert removed == 400 - len(expected), shards
-    with pytest.raises(ValueError, match="got 0"):
-        KeepWithinHorizon(600, 0)
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        kept = (p | beam.Create(pairs) | KeepWithinHorizon(600)
+                | beam.Map(lambda e: (e.event_id, e.event_time_ms, e.nums[0])))
+        assert_that(kept, equal_to(expected))
+    removed = sum(c.committed for c in p.result.metrics().query()["counters"]
+                  if c.key.metric.name == "duplicates_removed")
+    assert removed == 400 - len(expected)
 
 
 @settings(max_examples=300, deadline=None)

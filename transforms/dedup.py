@@ -10,7 +10,6 @@ the horizon after the last one kept.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -78,50 +77,16 @@ class _KeepWithinHorizon(beam.DoFn):
             yield TimestampedValue(event, event_timestamp(event))
 
 
-class _KeepWithinHorizonPerShard(beam.DoFn):
-    """(shard, (id, Event) pairs) -> the copies the horizon rule keeps, id by id."""
-
-    def __init__(self, horizon_s: int):
-        self._horizon_ms = horizon_s * 1000
-        self._removed = Metrics.counter("dedup", "duplicates_removed")
-
-    def process(self, element: tuple[int, Iterable[tuple[str, Event]]]) -> Iterable[Event]:
-        by_id: dict[str, list[Event]] = {}
-        for event_id, event in element[1]:
-            by_id.setdefault(event_id, []).append(event)
-        removed = 0
-        for copies in by_id.values():
-            kept = keep_within_horizon(copies, self._horizon_ms)
-            removed += len(copies) - len(kept)
-            for event in kept:
-                yield TimestampedValue(event, event_timestamp(event))
-        self._removed.inc(removed)
-
-
-def id_shard(event_id: str, shards: int) -> int:
-    """A shard of an id, the same in every process (unlike hash(), which is salted)."""
-    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
-
-
 class KeepWithinHorizon(beam.PTransform[PCollection[Tuple[str, Event]], PCollection[Event]]):
     """Bounded: (id, Event) pairs -> the copies the horizon rule keeps, at their event times (the
-    event path's DropDuplicateEvents and the backfill's fast path alike).
+    event path's DropDuplicateEvents; the backfill's fast path resolves its copies per id shard
+    with `kept_copies`)."""
 
-    With `shards`, copies are grouped by a shard of their id instead of by id, and the ids of a
-    shard are told apart in the DoFn: the same result, with `shards` groups instead of one per
-    id (a group costs ~0.1 ms in the runner with this windowing: 1.4 s per 10k repeated ids)."""
-
-    def __init__(self, horizon_s: int, shards: Optional[int] = None):
+    def __init__(self, horizon_s: int):
         super().__init__()
-        if shards is not None and shards < 1:
-            raise ValueError(f"shards must be at least 1 (got {shards!r})")
         self._horizon_s = horizon_s
-        self._shards = shards
 
     def expand(self, keyed: PCollection[Tuple[str, Event]]) -> PCollection[Event]:
-        if self._shards is not None:
-            shards = self._shards
-            keyed = keyed | "Shard ids" >> beam.Map(lambda pair: (id_shard(pair[0], shards), pair))
         grouped = (
             keyed
             # The grouped copies keep their earliest time and are re-timestamped to their
@@ -132,9 +97,8 @@ class KeepWithinHorizon(beam.PTransform[PCollection[Tuple[str, Event]], PCollect
                 window.GlobalWindows(), timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
             | "Group copies" >> beam.GroupByKey()
         )
-        keep = _KeepWithinHorizon(self._horizon_s) if self._shards is None else _KeepWithinHorizonPerShard(
-            self._horizon_s)
-        return grouped | "Keep within horizon" >> beam.ParDo(keep).with_output_types(Event)
+        return grouped | "Keep within horizon" >> beam.ParDo(
+            _KeepWithinHorizon(self._horizon_s)).with_output_types(Event)
 
 
 class DropDuplicateEvents(beam.PTransform[PCollection[Event], PCollection[Event]]):
