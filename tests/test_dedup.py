@@ -177,3 +177,52 @@ def test_hash_ids_is_its_polynomial_for_short_and_long_ids(texts, offset):
 
     column = pa.array(texts, pa.string()).slice(min(offset, len(texts)))
     assert hash_ids(column).tolist() == [_reference_hash(t) for t in column.to_pylist()]
+
+
+@pytest.mark.parametrize("preaggregate", [True, False])
+def test_backfill_keeps_the_rules_copy_of_hostile_copies_in_and_across_ranges(tmp_path, preaggregate):
+    """Copies of an id at the same time with other users and amounts, next to their original
+    and ranges away: both paths keep the copy keep_within_horizon keeps (earliest, then the
+    smallest keys and amounts)."""
+    from transforms.dedup import keep_within_horizon
+    from transforms.records import Event
+
+    records = []
+    for i in range(300):
+        records.append((i, f"e{i}", float(i), f"u{i % 3}"))
+        if i % 7 == 0:
+            records.append((i, f"e{i}", float(-i), f"u{(i + 1) % 3}"))  # same id and time, other content
+        if i % 11 == 0:
+            records.append((i + 300, f"e{i}", 7.5, f"u{(i + 2) % 3}"))  # within the horizon: dropped
+    records.extend((t, event_id, amount + 0.5, user) for t, event_id, amount, user in records[:60:3])
+    records.extend((t, event_id, amount, "u0") for t, event_id, amount, _ in records[1:50:4])
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(_event(t, event_id, amount, user) for t, event_id, amount, user in records) + "\n")
+    assert -(-events.stat().st_size // RANGE_BYTES) > 10
+    data = {"project": "dedup", "source": {"timestamp_field": "ts", "id_field": "id"},
+            "entities": {"user": {"join_key": "user_id"}},
+            "feature_views": [{"name": "daily", "entity": "user", "window": {"type": "fixed", "size": "1d"},
+                               "features": [{"name": "n", "agg": "count"},
+                                            {"name": "s", "agg": "sum", "field": "amount"},
+                                            {"name": "hi", "agg": "max", "field": "amount"}]}]}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    offline = tmp_path / "offline"
+    options = PipelineOptions(["--events", str(events), "--preaggregate", str(preaggregate).lower(),
+                               "--feature_spec", str(spec), "--online_store", f"sqlite:///{tmp_path}/o.db",
+                               "--offline_store", str(offline), "--dead_letter", str(tmp_path / "letters"),
+                               "--runner", "FnApiRunner"])
+    pipeline = beam.Pipeline(options=options)
+    backfill_features.build(pipeline, options, range_bytes=RANGE_BYTES)
+    pipeline.run().wait_until_finish()
+    by_id = defaultdict(list)
+    for t, event_id, amount, user in records:
+        by_id[event_id].append(Event(ms(t), event_id, [user], [amount], [], 0))
+    expected = defaultdict(list)
+    for copies in by_id.values():
+        for event in keep_within_horizon(copies, 600_000):
+            expected[event.keys[0]].append(event.nums[0])
+    assert sum(map(len, expected.values())) < len(records)
+    rows = ds.dataset(offline / "daily", partitioning="hive").to_table().to_pylist()
+    assert {r["user_id"]: (r["n"], r["hi"]) for r in rows} == {u: (len(a), max(a)) for u, a in expected.items()}
+    assert {r["user_id"]: r["s"] for r in rows} == pytest.approx({u: sum(a) for u, a in expected.items()})
