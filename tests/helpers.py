@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+import apache_beam as beam
+
 from transforms.spec import FeatureSpecFile, parse_spec
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, seconds: window boundaries line up with minutes
@@ -87,3 +89,17 @@ def assert_online_is_the_reference(spec_path, spec, view, online_url: str, recor
         assert (line["window_start"], line["window_end"]) == (rfc3339(start), rfc3339(end))
         for feature in view.features:
             assert_close(feature, line["features"][feature.name], values[feature.name])
+
+
+
+class RecordPanes(beam.DoFn):
+    """Appends the panes of the window starting at 0 to a JSONL file, one [timing, index,
+    features] per pane (DoFns run pickled, some in workers: a file, not a list)."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, row):
+        if row.window_start_ms == ms(0):
+            with open(self._path, "a") as f:
+                f.write(json.dumps([row.pane_timing, row.pane_index, list(row.features)]) + "\n")

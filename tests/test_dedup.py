@@ -59,6 +59,27 @@ def test_streaming_drops_repeated_ids_within_the_horizon_only(engine):
 RANGE_BYTES = 2048  # the backfill reads its input in ranges of this size: copies land in different ones
 
 
+def _run_split_backfill(tmp_path, events, preaggregate: bool, features: list[dict]):
+    """The backfill of `events` (a daily view: count plus `features`, de-duplicated by `id`) on
+    FnApiRunner, JSONL read in RANGE_BYTES ranges; (offline store path, finished result)."""
+    data = {"project": "dedup", "source": {"timestamp_field": "ts", "id_field": "id"},
+            "entities": {"user": {"join_key": "user_id"}},
+            "feature_views": [{"name": "daily", "entity": "user", "window": {"type": "fixed", "size": "1d"},
+                               "features": [{"name": "n", "agg": "count"}, *features]}]}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    offline = tmp_path / "offline"
+    options = PipelineOptions(["--events", str(events), "--preaggregate", str(preaggregate).lower(),
+                               "--feature_spec", str(spec), "--online_store", f"sqlite:///{tmp_path}/o.db",
+                               "--offline_store", str(offline), "--dead_letter", str(tmp_path / "letters"),
+                               "--runner", "FnApiRunner"])
+    pipeline = beam.Pipeline(options=options)
+    backfill_features.build(pipeline, options, range_bytes=RANGE_BYTES)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return offline, result
+
+
 @pytest.mark.parametrize("preaggregate", [True, False])
 def test_backfill_removes_duplicates_across_split_ranges(tmp_path, preaggregate):
     lines = []
@@ -73,22 +94,7 @@ def test_backfill_removes_duplicates_across_split_ranges(tmp_path, preaggregate)
     events.write_text("\n".join(lines) + "\n")
     ranges = -(-events.stat().st_size // RANGE_BYTES)
     assert ranges > 10  # the appended copies sit ranges away from their originals
-    data = {"project": "dedup", "source": {"timestamp_field": "ts", "id_field": "id"},
-            "entities": {"user": {"join_key": "user_id"}},
-            "feature_views": [{"name": "daily", "entity": "user", "window": {"type": "fixed", "size": "1d"},
-                               "features": [{"name": "n", "agg": "count"},
-                                            {"name": "s", "agg": "sum", "field": "amount"}]}]}
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    offline = tmp_path / "offline"
-    options = PipelineOptions(["--events", str(events), "--preaggregate", str(preaggregate).lower(),
-                               "--feature_spec", str(spec), "--online_store", f"sqlite:///{tmp_path}/o.db",
-                               "--offline_store", str(offline), "--dead_letter", str(tmp_path / "letters"),
-                               "--runner", "FnApiRunner"])
-    pipeline = beam.Pipeline(options=options)
-    backfill_features.build(pipeline, options, range_bytes=RANGE_BYTES)
-    result = pipeline.run()
-    result.wait_until_finish()
+    offline, result = _run_split_backfill(tmp_path, events, preaggregate, [{"name": "s", "agg": "sum", "field": "amount"}])
     expected_n, expected_s = defaultdict(int), defaultdict(float)
     for i in range(300):
         expected_n[f"u{i % 3}"] += 1 + (i % 50 == 0)
@@ -199,22 +205,8 @@ def test_backfill_keeps_the_rules_copy_of_hostile_copies_in_and_across_ranges(tm
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(_event(t, event_id, amount, user) for t, event_id, amount, user in records) + "\n")
     assert -(-events.stat().st_size // RANGE_BYTES) > 10
-    data = {"project": "dedup", "source": {"timestamp_field": "ts", "id_field": "id"},
-            "entities": {"user": {"join_key": "user_id"}},
-            "feature_views": [{"name": "daily", "entity": "user", "window": {"type": "fixed", "size": "1d"},
-                               "features": [{"name": "n", "agg": "count"},
-                                            {"name": "s", "agg": "sum", "field": "amount"},
-                                            {"name": "hi", "agg": "max", "field": "amount"}]}]}
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    offline = tmp_path / "offline"
-    options = PipelineOptions(["--events", str(events), "--preaggregate", str(preaggregate).lower(),
-                               "--feature_spec", str(spec), "--online_store", f"sqlite:///{tmp_path}/o.db",
-                               "--offline_store", str(offline), "--dead_letter", str(tmp_path / "letters"),
-                               "--runner", "FnApiRunner"])
-    pipeline = beam.Pipeline(options=options)
-    backfill_features.build(pipeline, options, range_bytes=RANGE_BYTES)
-    pipeline.run().wait_until_finish()
+    offline, _ = _run_split_backfill(tmp_path, events, preaggregate, [{"name": "s", "agg": "sum", "field": "amount"},
+                                                                      {"name": "hi", "agg": "max", "field": "amount"}])
     by_id = defaultdict(list)
     for t, event_id, amount, user in records:
         by_id[event_id].append(Event(ms(t), event_id, [user], [amount], [], 0))

@@ -26,7 +26,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from conftest import EXAMPLE_SPEC, FLINK_ARGS, FLINK_HOME, REPO, runner_args, skip_or_fail
-from helpers import make_spec, ms, view
+from helpers import RecordPanes, make_spec, ms, view
 from pipelines import backfill_features, streaming_features
 from pipelines.common import engine_name, report
 from pipelines.get_features import get_features
@@ -355,18 +355,6 @@ def test_replay_on_prism_and_flink_is_refused_with_the_reason(tmp_path, capsys):
         assert reason in err[0] and f"got --runner {runner}" in err[0]
 
 
-class _RecordPanes(beam.DoFn):
-    """Appends the panes of the window starting at 0 to a file (DoFns run pickled, some in workers)."""
-
-    def __init__(self, path: str):
-        self._path = path
-
-    def process(self, row):
-        if row.window_start_ms == ms(0):
-            with open(self._path, "a") as f:
-                f.write(json.dumps([row.pane_timing, row.pane_index, list(row.features)]) + "\n")
-
-
 def _replay_panes(runner: list[str], out: Path) -> list[tuple]:
     """Our replay of a late event into a window that already fired ON_TIME; (window start s,
     timing, pane index, features) of every pane of the window starting at 0."""
@@ -380,7 +368,7 @@ def _replay_panes(runner: list[str], out: Path) -> list[tuple]:
     stream, _ = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=0, chunk=1)
     with beam.Pipeline(options=PipelineOptions(runner + ["--streaming"])) as p:
         rows = (p | stream | FeaturePipeline(spec, clock="element")).rows
-        rows | beam.ParDo(_RecordPanes(str(out)))
+        rows | beam.ParDo(RecordPanes(str(out)))
     panes = [json.loads(line) for line in out.read_text().splitlines()]
     return sorted(((timing, index, tuple(features)) for timing, index, features in panes), key=lambda p: p[1])
 

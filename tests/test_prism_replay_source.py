@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from conftest import runner_args
-from helpers import make_spec, ms, view
+from helpers import RecordPanes, make_spec, ms, view
 from transforms.feature_pipeline import FeaturePipeline
 from transforms.parse import ParsePlan
 from transforms.spec import FeatureSpecFile
@@ -28,18 +28,6 @@ from transforms.streaming.replay import build_replay
 from transforms.streaming.replay_source import ReplaySource
 
 ORDER = ["EARLY", "ON_TIME", "LATE"]
-
-
-class _RecordPanes(beam.DoFn):
-    """Appends the panes of the window starting at 0 to a file (DoFns run pickled, in workers)."""
-
-    def __init__(self, path: str):
-        self._path = path
-
-    def process(self, row):
-        if row.window_start_ms == ms(0):
-            with open(self._path, "a") as f:
-                f.write(json.dumps([row.pane_timing, row.pane_index, list(row.features)]) + "\n")
 
 
 def _line(t: float, amount: float) -> bytes:
@@ -64,7 +52,7 @@ def _panes(spec: FeatureSpecFile, source: beam.PTransform, runner: list[str], ou
     """(timing, pane index, features) of every pane of the window [0, 60), by pane index."""
     with beam.Pipeline(options=PipelineOptions(runner + ["--streaming"])) as p:
         rows = (p | "Replay" >> source | FeaturePipeline(spec, clock="element")).rows
-        rows | beam.ParDo(_RecordPanes(str(out)))
+        rows | beam.ParDo(RecordPanes(str(out)))
     panes = [json.loads(line) for line in out.read_text().splitlines()]
     return sorted(((timing, index, tuple(features)) for timing, index, features in panes), key=lambda p: p[1])
 
