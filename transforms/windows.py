@@ -136,22 +136,37 @@ def too_late_views(views: Sequence[FeatureViewSpec], t_ms: int, clock_ms: int) -
     return [view.name for view in views if too_late(view, t_ms, clock_ms)]
 
 
-class _GuardLateness(beam.DoFn):
+class LatenessGuard:
+    """One view's lateness guard for events stamped with the pipeline clock (Event.arrival_ms):
+    `admits(event)` is False when every window of the event closed before it arrived (counter
+    windowing.too_late; ParseEvents has already dead-lettered it, with its payload), and counts
+    events too late for some of their windows only (Beam counts them in the windows still open,
+    like any late event). Declared once per DoFn."""
+
     def __init__(self, view: FeatureViewSpec):
         self._view = view
         self._lateness_ms = view.allowed_lateness * 1000
         self._too_late = Metrics.counter("windowing", "too_late")
         self._partly = Metrics.counter("windowing", "too_late_for_some_windows")
 
+    def admits(self, event: Event) -> bool:
+        if event.arrival_ms is None:
+            return True
+        if too_late(self._view, event.event_time_ms, event.arrival_ms):
+            self._too_late.inc()
+            return False
+        if event.arrival_ms > window_ends_ms(self._view, event.event_time_ms)[0] + self._lateness_ms:
+            self._partly.inc()
+        return True
+
+
+class _GuardLateness(beam.DoFn):
+    def __init__(self, view: FeatureViewSpec):
+        self._guard = LatenessGuard(view)
+
     def process(self, event: Event) -> Iterable[Event]:
-        if event.arrival_ms is not None:
-            if too_late(self._view, event.event_time_ms, event.arrival_ms):
-                # already dead-lettered once, with its payload, by ParseEvents
-                self._too_late.inc()
-                return
-            if event.arrival_ms > window_ends_ms(self._view, event.event_time_ms)[0] + self._lateness_ms:
-                self._partly.inc()  # Beam counts it in the windows still open, like any late event
-        yield event
+        if self._guard.admits(event):
+            yield event
 
 
 class GuardLateness(beam.PTransform[PCollection[Event], PCollection[Event]]):

@@ -37,7 +37,7 @@ from transforms.gcpause import gc_paused
 from transforms.parse import DEAD_LETTER_TAG, FieldCounters, ParsePlan, Verdicts
 from transforms.records import Event
 from transforms.spec import FeatureSpecFile, FeatureViewSpec
-from transforms.windows import tile_ms, tile_start, tileable, too_late, window_ends_ms
+from transforms.windows import LatenessGuard, tile_ms, tile_start, tileable
 
 FLUSH_EVENTS = 50_000
 
@@ -56,20 +56,13 @@ class _ViewTiles:
         self.coder = self.fn.get_accumulator_coder()
         self.entity_index = plan.entity_index(view.entity)
         self.tile = tile_ms(view)
-        self.lateness_ms = view.allowed_lateness * 1000
+        self.guard = LatenessGuard(view)  # as GuardLateness does on the event path
         self.tiles: dict[tuple[str, int], list] = {}
-        self.too_late = Metrics.counter("windowing", "too_late")
-        self.partly = Metrics.counter("windowing", "too_late_for_some_windows")
 
     def add(self, event: Event) -> None:
-        t = event.event_time_ms
-        if event.arrival_ms is not None:  # the lateness guard (windows.GuardLateness), per view
-            if too_late(self.view, t, event.arrival_ms):
-                self.too_late.inc()  # ParseEvents has dead-lettered it, with its payload
-                return
-            if event.arrival_ms > window_ends_ms(self.view, t)[0] + self.lateness_ms:
-                self.partly.inc()
-        key = (event.keys[self.entity_index], tile_start(t, self.tile))
+        if not self.guard.admits(event):
+            return
+        key = (event.keys[self.entity_index], tile_start(event.event_time_ms, self.tile))
         acc = self.tiles.get(key)
         if acc is None:
             acc = self.tiles[key] = self.fn.create_accumulator()
