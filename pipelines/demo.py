@@ -1,10 +1,14 @@
-"""`make demo`: the streaming job on embedded defaults, end to end: about 15 s on Beam's Python
-streaming engine for 1,500 events (13 s measured on a busy 2-core machine, start-up included),
-after a ~90 s install of the base package only (`--events N` replays more: ~100 events/s).
+"""`make demo`: the streaming job on embedded defaults, end to end.
 
 Generates a realistic event stream (skewed users and items, clicks and purchases, out-of-order,
-late and malformed events), replays it through `streaming_features` on the DirectRunner into
-SQLite (online) and Parquet (offline), shows progress, then reads features back.
+late and malformed events), replays it through `streaming_features --replay` into SQLite (online)
+and Parquet (offline), shows progress, then reads features back.
+
+On Prism (`make demo` builds it, as `make engines` does): 6,000 events (12.5 minutes of event
+time) played in real time at 60 seconds of event time per second, start-up included about 20 s.
+Processing-time triggers fire in real seconds, so the demo's copy of the spec fires user_5m's
+early panes every second (shop.yaml: every 10 s, for a stream played at its own pace). Without
+Prism: Beam's Python streaming engine, 1,500 events in TestStream's simulated time (~15 s).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from pipelines import streaming_features
+from pipelines.common import prism_cached
 from pipelines.get_features import get_features
 from pipelines.sample_events import generate, write_jsonl
 from pipelines.summary import output_summary, pane_counts
@@ -28,7 +35,10 @@ from transforms.io.sinks import read_dead_letters
 from transforms.spec import load_spec
 
 SPEC = Path(__file__).parent / "examples" / "shop.yaml"
-EVENTS_PER_SECOND = 2  # 1,500 events: 12.5 minutes of event time, so 10-minute-late events come in
+MINUTES = 12.5  # of event time: 10-minute-late events come in
+PRISM_EVENTS, PYTHON_EVENTS = 6000, 1500  # Prism plays 12.5 minutes in ~13 s; the Python engine ~100 events/s
+REPLAY_SPEED = 60  # Prism: seconds of event time per second
+DEMO_EARLY_EVERY = "1s"  # Prism: user_5m's early panes (a 5-minute window lasts 5 s of real time)
 
 
 class Progress(threading.Thread):
@@ -57,7 +67,10 @@ class Progress(threading.Thread):
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_output")
-    parser.add_argument("--events", type=int, default=1500)
+    parser.add_argument("--events", type=int, default=None,
+                        help=f"events to generate (default {PRISM_EVENTS:,} on Prism, {PYTHON_EVENTS:,} without)")
+    parser.add_argument("--python_engine", action="store_true",
+                        help="replay on Beam's Python streaming engine even when Prism is cached")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -69,13 +82,29 @@ def main(argv: Optional[list[str]] = None) -> None:
     online = f"sqlite:///{out / 'online.db'}"
     offline = out / "offline"
 
+    on_prism = prism_cached() and not args.python_engine
+    n_events = args.events or (PRISM_EVENTS if on_prism else PYTHON_EVENTS)
+    per_second = n_events / (MINUTES * 60)
     count = write_jsonl(str(events), generate(
-        args.events, seed=42, users=50, items=80, events_per_second=EVENTS_PER_SECOND,
+        n_events, seed=42, users=50, items=80, events_per_second=per_second,
         out_of_order_fraction=0.05, late_fraction=0.03, late_delay_ms=600_000, malformed_every=500,
     ))
-    print(f"1/3 generated {count:,} events ({count / EVENTS_PER_SECOND / 60:.0f} minutes of event time; 5 % out of order, "
+    print(f"1/3 generated {count:,} events ({count / per_second / 60:.1f} minutes of event time; 5 % out of order, "
           f"3 % up to 10 minutes late, 1 in 500 malformed) -> {events}")
-    print(f"2/3 replaying them through streaming_features (DirectRunner, spec {SPEC.name}) ...", flush=True)
+    spec_path, engine_args = SPEC, ["--runner", "BundleBasedDirectRunner"]
+    if on_prism:
+        spec_path = out / SPEC.name
+        data = yaml.safe_load(SPEC.read_text())
+        for view in data["feature_views"]:
+            if view.get("trigger", {}).get("early_every"):
+                view["trigger"]["early_every"] = DEMO_EARLY_EVERY
+        spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        engine_args = ["--runner", "PrismRunner", "--replay_speed", str(REPLAY_SPEED)]
+        print(f"2/3 replaying them through streaming_features on Prism, {REPLAY_SPEED} s of event time per "
+              f"second (spec {SPEC.name}, early panes every {DEMO_EARLY_EVERY}: {spec_path}) ...", flush=True)
+    else:
+        print(f"2/3 replaying them through streaming_features on Beam's Python streaming engine (no Prism "
+              f"cached: `make engines`; spec {SPEC.name}) ...", flush=True)
 
     progress = Progress(offline, count)
     stats_box = {}
@@ -86,20 +115,20 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     started = time.time()
     streaming_features.run([
-        "--events", str(events), "--replay", "--feature_spec", str(SPEC),
-        "--online_store", online, "--offline_store", str(offline),
+        "--events", str(events), "--replay", "--feature_spec", str(spec_path),
+        "--online_store", online, "--offline_store", str(offline), *engine_args,
     ], on_start=on_start)
     progress.done.set()
     elapsed = time.time() - started
 
-    spec = load_spec(SPEC)
+    spec = load_spec(spec_path)
     summary = output_summary(spec, str(offline), str(offline / "_dead_letters"))
     panes = summary["panes"]
     stats = stats_box["stats"]
     print(f"3/3 done in {elapsed:.0f}s\n")
 
     users = [f"u{i}" for i in range(5)]
-    rows = get_features(str(SPEC), online, "user_5m", users)
+    rows = get_features(str(spec_path), online, "user_5m", users)
     names = list(spec.view("user_5m").features)
     header = ["user_id", "window (UTC)"] + [f.name for f in names]
     table = [header]

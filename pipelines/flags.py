@@ -90,7 +90,14 @@ class ReplayFlags:
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
             "--replay", action="store_true",
-            help="Play --events as a stream on the DirectRunner (file order = arrival order).",
+            help="Play --events as a stream (file order = arrival order): on Prism (the local default "
+                 "once `make engines` has run) in real time, on the BundleBasedDirectRunner in "
+                 "TestStream's simulated time.",
+        )
+        parser.add_argument(
+            "--replay_speed", type=float, default=60.0,
+            help="Prism's replay: seconds of event time played per real second (processing-time "
+                 "triggers such as early_every fire in real seconds).",
         )
         parser.add_argument(
             "--replay_max_delay", default="30s",

@@ -4,11 +4,13 @@ r"""Streaming features: Pub/Sub (or a local replay of a JSONL file) -> online an
         --feature_spec shop.yaml --online_store redis://host:6379/0 --offline_store gs://b/offline \
         [--timestamp_attribute ts] [--id_attribute id] [--dead_letter projects/P/topics/T] [beam options]
 
-    python -m pipelines.streaming_features --events events.jsonl --replay \
+    python -m pipelines.streaming_features --events events.jsonl --replay [--replay_speed 60] \
         --feature_spec shop.yaml --online_store sqlite:///online.db --offline_store offline/
 
-Without --replay, --events files are read as a (finite) stream: on Prism locally (the default once
-`make engines` has run), on Flink or Dataflow.
+--replay plays the files in arrival order with a watermark trailing the newest event: on Prism
+(the local default once `make engines` has run) in real time, `--replay_speed` seconds of event
+time per second; on `--runner BundleBasedDirectRunner` in TestStream's simulated time. Without
+--replay, --events files are read as a (finite) stream: on Prism locally, on Flink or Dataflow.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from transforms.feature_pipeline import FeaturePipeline, WriteFeatures
 from transforms.parse import ParsePlan
 from transforms.spec import FeatureSpecFile, load_spec, parse_duration
 from transforms.streaming.replay import ReplayStats, build_replay, read_lines
+from transforms.streaming.replay_source import ReplaySource
 from transforms.streaming.tiles import blocks_to_tiles_fits
 
 _LOG = logging.getLogger(__name__)
@@ -75,11 +78,9 @@ def _blocks(options: PipelineOptions, spec: FeatureSpecFile) -> bool:
     return (bool(options.view_as(EventFileOptions).events) and not options.view_as(ReplayOptions).replay
             and options.view_as(PreaggregateOptions).preaggregate == "true" and blocks_to_tiles_fits(spec))
 
-# Why the replay (TestStream with processing time following event time) is refused on the real
-# engines; tests/test_engines.py checks that each reason still holds.
+# Why the replay is refused on the other engines (Prism plays it with ReplaySource, Beam's Python
+# engine with TestStream); tests/test_engines.py checks that each reason still holds.
 REPLAY_REFUSED = {
-    "prismrunner": "Prism 2.77 mislabels its panes: an event arriving after the ON_TIME pane fires "
-                   "EARLY and ON_TIME panes again before the LATE one; Prism triggers: apache/beam#31438",
     "flinkrunner": "Flink cannot advance TestStream processing time: \"Advancing Processing time is not "
                    "supported by the Flink Runner\"",
 }
@@ -97,13 +98,16 @@ def check_options(options: PipelineOptions) -> None:
         raise UsageError("give exactly one input: --input_subscription, --input_topic, or --events [--replay]")
     spec = load_spec(stores.feature_spec)
     standard = options.view_as(StandardOptions)
-    if events and not replay.replay and standard.runner in (None, "DirectRunner") and prism_cached():
-        standard.runner = "PrismRunner"  # files as a stream: Prism is the local streaming engine
+    if events and standard.runner in (None, "DirectRunner") and prism_cached():
+        standard.runner = "PrismRunner"  # files as a stream, or replayed: Prism is the local streaming engine
     direct = use_streaming_engine(options, pubsub)
-    if replay.replay and not direct:
+    if replay.replay and not direct and runner_name(options).lower() != "prismrunner":
         runner = runner_name(options)
-        why = REPLAY_REFUSED.get(runner.lower(), "it uses Beam's TestStream")
-        raise UsageError(f"--replay runs on the DirectRunner only ({why}); got --runner {runner}")
+        why = REPLAY_REFUSED.get(runner.lower(), "it needs TestStream or a real-time replay source")
+        raise UsageError(f"--replay runs on Prism and the BundleBasedDirectRunner only ({why}); "
+                         f"got --runner {runner}")
+    if replay.replay_speed <= 0:
+        raise UsageError(f"--replay_speed must be > 0 seconds of event time per second (got {replay.replay_speed})")
     check_outputs(stores)
     if is_local(options):
         check_online_store(stores.online_store, spec)
@@ -124,7 +128,12 @@ def read_events(pipeline: beam.Pipeline, options: PipelineOptions,
             max_delay = parse_duration(replay.replay_max_delay)
         except ValueError as err:
             raise UsageError(f"--replay_max_delay {err}") from None
-        stream, stats = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=max_delay)
+        plan = ParsePlan.from_spec(spec)
+        if runner_name(options).lower() in DIRECT_STREAMING_RUNNERS:
+            stream, stats = build_replay(lines, plan, max_delay_s=max_delay)
+        else:  # Prism: played in real time by a splittable DoFn with its own watermark
+            stream = ReplaySource(lines, plan, max_delay_s=max_delay, speed=replay.replay_speed)
+            stats = stream.stats
         source = f"replay of {events} ({stats.events} events, {stats.late_on_arrival} late on arrival)"
         return pipeline | "Replay events" >> stream, source, stats
     if events:

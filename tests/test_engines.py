@@ -5,7 +5,8 @@
   values equal the plain-Python reference, and the offline commit replaces an earlier run's files;
 - streaming (files read as a stream) on a local Flink session cluster into Redis, and on Prism:
   final panes and online values equal the reference;
-- the replay (TestStream) is refused on Prism with the reason, and the reason still holds.
+- `--replay` on Prism (ReplaySource, real time) labels every window like the Python engine's
+  TestStream replay and ends with its values; refused on Flink with the reason.
 
 A missing engine skips on a laptop and fails under CI (conftest.skip_or_fail).
 """
@@ -14,31 +15,28 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow.dataset as ds
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from conftest import EXAMPLE_SPEC, FLINK_ARGS, FLINK_HOME, REPO, runner_args, skip_or_fail
-from helpers import RecordPanes, make_spec, ms, view
+from helpers import ms
 from pipelines import backfill_features, streaming_features
 from pipelines.common import engine_name, report
 from pipelines.get_features import get_features
-from pipelines.sample_events import generate
+from pipelines.sample_events import generate, write_jsonl
 from reference import all_windows, assert_close, current_windows
 from test_backfill import good_records, spec_with_project
-from transforms.feature_pipeline import FeaturePipeline
 from transforms.io.online.feast_codec import rfc3339
 from transforms.io.sinks import read_dead_letters
-from transforms.parse import ParsePlan
 from transforms.spec import load_spec
-from transforms.streaming.replay import build_replay
 
 N_EVENTS = 2000
 MALFORMED_EVERY = 500
@@ -339,50 +337,70 @@ def test_backfill_runs_on_prism_by_default_and_the_summary_names_the_engine(engi
         assert_same_rows(v, offline_rows(offline, v.name), fnapi_backfill("true")["rows"][v.name])
 
 
-# --- the replay (TestStream) on Prism --------------------------------------------------------------
+# --- the replay on Prism (ReplaySource) and its refusal on Flink ----------------------------------
 
 
-def test_replay_on_prism_and_flink_is_refused_with_the_reason(tmp_path, capsys):
-    for runner, reason in (("PrismRunner", "apache/beam#31438"),
-                           ("FlinkRunner", "Advancing Processing time is not supported by the Flink Runner")):
-        with pytest.raises(SystemExit) as exit_info:
-            streaming_features.main(["--events", str(tmp_path / "e.jsonl"), "--replay", "--runner", runner,
-                                     "--feature_spec", str(EXAMPLE_SPEC), "--online_store",
-                                     f"sqlite:///{tmp_path}/o.db", "--offline_store", str(tmp_path / "off")])
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("streaming_features: error: --replay runs on the DirectRunner only")
-        assert reason in err[0] and f"got --runner {runner}" in err[0]
+def test_replay_on_flink_is_refused_with_the_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        streaming_features.main(["--events", str(tmp_path / "e.jsonl"), "--replay", "--runner", "FlinkRunner",
+                                 "--feature_spec", str(EXAMPLE_SPEC), "--online_store",
+                                 f"sqlite:///{tmp_path}/o.db", "--offline_store", str(tmp_path / "off")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "streaming_features: error: --replay runs on Prism and the BundleBasedDirectRunner only")
+    assert "Advancing Processing time is not supported by the Flink Runner" in err[0]
+    assert "got --runner FlinkRunner" in err[0]
 
 
-def _replay_panes(runner: list[str], out: Path) -> list[tuple]:
-    """Our replay of a late event into a window that already fired ON_TIME; (window start s,
-    timing, pane index, features) of every pane of the window starting at 0."""
-    spec = make_spec([view(allowed_lateness="1m", trigger={"early_every": "10s"})])
-
-    def line(t: float, amount: float) -> bytes:
-        return json.dumps({"ts": ms(t), "user_id": "u1", "amount": amount}).encode()
-
-    # watermark to 70 s closes [0, 60) on time; the event at 20 s is then late (within lateness)
-    lines = [line(1, 1.0), line(10, 2.0), line(70, 4.0), line(20, 8.0), line(100, 16.0), line(400, 32.0)]
-    stream, _ = build_replay(lines, ParsePlan.from_spec(spec), max_delay_s=0, chunk=1)
-    with beam.Pipeline(options=PipelineOptions(runner + ["--streaming"])) as p:
-        rows = (p | stream | FeaturePipeline(spec, clock="element")).rows
-        rows | beam.ParDo(RecordPanes(str(out)))
-    panes = [json.loads(line) for line in out.read_text().splitlines()]
-    return sorted(((timing, index, tuple(features)) for timing, index, features in panes), key=lambda p: p[1])
+def _windows(offline: Path, view: str, key: str) -> dict[tuple, list[tuple]]:
+    """(entity, window start) -> [(pane index, timing, features...)] in index order, from Parquet."""
+    table = ds.dataset(str(offline / view), format="parquet", partitioning="hive").to_table().to_pylist()
+    names = [f.name for f in load_spec(EXAMPLE_SPEC).view(view).features]
+    out: dict[tuple, list[tuple]] = {}
+    for r in table:
+        out.setdefault((r[key], r["window_start"]), []).append(
+            (r["pane_index"], r["pane_timing"]) + tuple(r[n] for n in names))
+    return {k: sorted(v) for k, v in out.items()}
 
 
-def test_prism_still_mislabels_replay_panes_so_the_refusal_holds(tmp_path):
-    prism = _replay_panes(runner_args("prism"), tmp_path / "prism.jsonl")
-    direct = _replay_panes(["--runner", "BundleBasedDirectRunner"], tmp_path / "direct.jsonl")
-    assert direct == [("EARLY", 0, (2, 3.0)), ("ON_TIME", 1, (2, 3.0)), ("LATE", 2, (3, 11.0))]
-    timings = [timing for timing, _, _ in prism]
-    # Prism 2.77: EARLY, ON_TIME, then for the late event EARLY and ON_TIME again, then LATE.
-    # When this fails, Prism labels the replay's panes correctly: allow PrismRunner for --replay
-    # (pipelines/streaming_features.py REPLAY_REFUSED) and compare its panes to the DirectRunner's.
-    assert timings.count("ON_TIME") > 1 and prism != direct, prism
-    assert prism[-1][2] == direct[-1][2]  # the final values agree
+def _same_values(a: tuple, b: tuple) -> bool:
+    """Equal, floats up to summation order."""
+    return len(a) == len(b) and all(
+        x == y or (isinstance(x, float) and isinstance(y, float) and math.isclose(x, y, rel_tol=1e-9))
+        for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_replay_on_prism_labels_every_window_like_the_python_engine(tmp_path, capsys):
+    """`--replay` on Prism (the default once cached) plays the file in real time: every window's
+    panes are EARLY* ON_TIME LATE* with indexes 0, 1, ..., and its last pane holds the values
+    of the replay on Beam's Python engine (TestStream); the summary names Prism."""
+    runner_args("prism")
+    events = tmp_path / "events.jsonl"
+    write_jsonl(str(events), generate(1500, seed=42, users=50, items=80, events_per_second=2,
+                                      out_of_order_fraction=0.05, late_fraction=0.03, late_delay_ms=600_000))
+    runs = {}
+    for name, extra in (("prism", ["--replay_speed", "120"]), ("python", ["--runner", "BundleBasedDirectRunner"])):
+        offline = tmp_path / name
+        streaming_features.main(["--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC),
+                                 "--online_store", f"sqlite:///{tmp_path}/{name}.db", "--offline_store",
+                                 str(offline), *extra])
+        runs[name] = offline
+    assert "engine: Prism" in capsys.readouterr().err
+    late_panes = 0
+    for view, key in (("user_5m", "user_id"), ("item_1h", "item_id")):
+        prism, python = _windows(runs["prism"], view, key), _windows(runs["python"], view, key)
+        assert prism.keys() == python.keys()
+        for window, panes in prism.items():
+            timings = [p[1] for p in panes]
+            assert [p[0] for p in panes] == list(range(len(panes))), (window, panes)
+            assert timings == sorted(timings, key=["EARLY", "ON_TIME", "LATE"].index), (window, panes)
+            assert timings.count("ON_TIME") <= 1, (window, panes)
+            assert _same_values(panes[-1][2:], python[window][-1][2:]), (window, panes, python[window])
+            late_panes += timings.count("LATE")
+        assert sum("ON_TIME" in [p[1] for p in panes] for panes in prism.values()) > 0.8 * len(prism)
+    assert late_panes > 0
 
 
 def test_session_views_with_ids_on_prism_keep_every_event(tmp_path):

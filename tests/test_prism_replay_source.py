@@ -1,6 +1,9 @@
 """The replay without TestStream (transforms/streaming/replay_source.py, a splittable DoFn with its
-own watermark, paced in real time) on Prism: Prism 2.77 still mislabels accumulating panes, so
-`--replay` stays refused there (pipelines/streaming_features.py REPLAY_REFUSED).
+own watermark, paced in real time) on Prism, which `--replay` uses there.
+
+Prism 2.77 mislabels its own accumulating panes (asserted below on a plain Beam graph, so a fixed
+Prism shows up as a failing test); ComputeFeatures therefore windows accumulating views in
+discarding mode and accumulates the panes itself (transforms/compute.py _AccumulatePanes).
 
 Why (Prism's engine/elementmanager.go): an aggregation keeps an accumulating window's elements
 pending until the window closes, and `minPendingTimestampLocked` counts them, so the stage's input
@@ -26,6 +29,8 @@ from transforms.parse import ParsePlan
 from transforms.spec import FeatureSpecFile
 from transforms.streaming.replay import build_replay
 from transforms.streaming.replay_source import ReplaySource
+from transforms.windows import build_trigger, window_fn
+from apache_beam.transforms.trigger import AccumulationMode
 
 ORDER = ["EARLY", "ON_TIME", "LATE"]
 
@@ -71,21 +76,60 @@ def _reference(spec: FeatureSpecFile, out: Path) -> list[tuple]:
     return _panes(spec, stream, runner_args("direct"), out)
 
 
-def test_prism_mislabels_accumulating_panes_without_test_stream_too(tmp_path):
+class _RecordBeamPanes(beam.DoFn):
+    """Plain Beam: (timing, index, (count, sum)) of each pane of the window [0, 60), to a file."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        if win.start.micros // 1000 == ms(0):
+            timing = {0: "EARLY", 1: "ON_TIME", 2: "LATE"}[pane.timing]
+            with open(self._path, "a") as f:
+                f.write(json.dumps([timing, pane.index, list(element[1])]) + "\n")
+
+
+def test_prism_mislabels_its_own_accumulating_panes(tmp_path):
+    """Beam's own accumulating mode (no transform of ours between the source and the panes) on
+    Prism 2.77: ON_TIME, then EARLY (the processing-time trigger, or the late event) and ON_TIME
+    again. When this fails, Prism labels accumulating panes right: ComputeFeatures could window
+    accumulating views in accumulating mode again (transforms/compute.py _AccumulatePanes)."""
+    spec = _spec("accumulating")
+    out = tmp_path / "beam.jsonl"
+
+    def amount(pair):
+        line, _ = pair
+        event = json.loads(line)
+        return beam.window.TimestampedValue(("u1", (1, event["amount"])), event["ts"] / 1000)
+
+    with beam.Pipeline(options=PipelineOptions(runner_args("prism") + ["--streaming"])) as p:
+        _ = (p | "Replay" >> _source(spec)
+             | beam.Map(amount)
+             | beam.WindowInto(window_fn(spec.feature_views[0]), trigger=build_trigger(spec.feature_views[0]),
+                               accumulation_mode=AccumulationMode.ACCUMULATING, allowed_lateness=60)
+             | beam.CombinePerKey(beam.combiners.TupleCombineFn(sum, sum))
+             | beam.ParDo(_RecordBeamPanes(str(out))))
+    panes = sorted((tuple(p[:2]) + (tuple(p[2]),) for p in map(json.loads, out.read_text().splitlines())),
+                   key=lambda p: p[1])
+    assert _mislabelled(panes), panes
+    timings = [timing for timing, _, _ in panes]
+    assert "EARLY" in timings[timings.index("ON_TIME"):], panes
+    assert panes[-1][2] == (3, 11.0)  # the final values are right
+
+
+def test_accumulating_panes_of_ours_are_labelled_right_on_prism(tmp_path):
+    """The same events through FeaturePipeline (accumulated by _AccumulatePanes): EARLY* ON_TIME
+    LATE with increasing indexes and the DirectRunner's values in its ON_TIME and LATE panes."""
     spec = _spec("accumulating")
     direct = _reference(spec, tmp_path / "direct.jsonl")
     assert not _mislabelled(direct), direct
     assert direct[-1] == ("LATE", len(direct) - 1, (3, 11.0))  # the late event in a LATE pane
 
     prism = _panes(spec, _source(spec), runner_args("prism"), tmp_path / "prism.jsonl")
-    # Prism 2.77: ON_TIME 0, EARLY 1 (the processing-time trigger, no new event), ON_TIME 2,
-    # EARLY 3 (the late event), ON_TIME 4. When this fails, Prism labels panes right without
-    # TestStream: play `--replay` on Prism with ReplaySource (pipelines/streaming_features.py
-    # REPLAY_REFUSED) and compare its panes to the DirectRunner's.
-    assert _mislabelled(prism), prism
-    timings = [timing for timing, _, _ in prism]
-    assert "EARLY" in timings[timings.index("ON_TIME"):], prism
-    assert prism[-1][2] == direct[-1][2]  # the final values agree
+    assert not _mislabelled(prism), prism
+    on_time = [pane for pane in prism if pane[0] == "ON_TIME"]
+    assert [pane[2] for pane in on_time] == [pane[2] for pane in direct if pane[0] == "ON_TIME"] == [(2, 3.0)]
+    assert [pane[2] for pane in prism if pane[0] == "LATE"] == [(3, 11.0)]
 
 
 def test_prism_labels_discarding_panes_of_the_same_source_right(tmp_path):

@@ -81,7 +81,7 @@ def test_replay_emits_early_on_time_and_late_panes_with_correct_final_values(rep
     ([], "give exactly one input: --input_subscription, --input_topic, or --events [--replay]"),
     (["--events", "x.jsonl", "--runner", "BundleBasedDirectRunner"],
      "--events without --replay reads files as a stream, which needs Prism"),
-    (["--events", "x.jsonl", "--replay", "--runner", "DataflowRunner"], "--replay runs on the DirectRunner only"),
+    (["--events", "x.jsonl", "--replay", "--runner", "DataflowRunner"], "--replay runs on Prism and the BundleBasedDirectRunner only"),
     (["--events", "nothere/*.jsonl", "--replay"], "--events: cannot read 'nothere/*.jsonl': no files match"),
 ])
 def test_usage_errors_are_one_clear_line(args, message, tmp_path, capsys):

@@ -5,13 +5,14 @@ or from the streaming fast path's partial accumulators per tile (transforms/stre
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import userstate, window
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.combine import FeatureViewCombineFn
@@ -64,37 +65,108 @@ class _ToFeatureRow(beam.DoFn):
         )
 
 
-class _DropRepeatedPanes(beam.DoFn):
-    """Per entity and window, streaming: a pane that carries no event, or a LATE pane whose values
-    equal the last pane emitted, is not emitted (it tells nothing the stores do not hold). Pane
-    indexes stay the engine's (only a window's last pane can be such a repeat).
+_TIMINGS = ("EARLY", "ON_TIME", "LATE")
+_RANK = {timing: rank for rank, timing in enumerate(_TIMINGS)}
 
-    Why: Beam's Python SDK declares every windowing strategy with closing behaviour EMIT_ALWAYS
-    (`Windowing.to_runner_api`, "TODO: Support EMIT_IF_NONEMPTY"); its own DirectRunner ignores
-    that, but Prism re-fires every accumulating window once more when it closes (end + allowed
-    lateness: a LATE pane repeating the last values, apache/beam#33623), and Flink fires a pane
-    without data after a window's state was cleared. (Relabelling Prism's late data fired through
-    the early trigger is not attempted: Prism may hand a window's panes to the next step out of
-    order, so only the engine's pane index tells which values are newest.)"""
 
-    LAST = userstate.ReadModifyWriteStateSpec("last", BytesCoder())
+class _OrderPanes(beam.DoFn):
+    """A window's accumulating panes, per (entity, window start) in the global window: the
+    panes a consumer should see, whatever the engine fires and in whatever order it hands them
+    over. Rules:
+    - panes are taken in the engine's pane index order (the engines number every pane they fire,
+      0, 1, ...): one that comes before an earlier index waits for it (at most MAX_HELD of them;
+      any still waiting when the window expires are taken then);
+    - a pane with no event is dropped;
+    - once a window's ON_TIME row is out, every later row is LATE;
+    - a LATE pane whose values equal the last row emitted is dropped (it tells nothing new);
+    - indexes count the rows emitted for the window (0, 1, ...).
 
-    def __init__(self):
+    Why, on the engines (README, Engines):
+    - Prism 2.77 gives every pane of a window the same timestamp (the window's end) and may hand
+      them to the next step in any order, e.g. an EARLY pane after the ON_TIME one;
+    - it keeps an accumulating window's elements pending until the window closes, which holds
+      its stage's input watermark before the window's end, so firings after the ON_TIME pane come
+      out EARLY and then ON_TIME again (tests/test_prism_replay_source.py);
+    - Beam's Python SDK declares every windowing strategy with closing behaviour EMIT_ALWAYS
+      (`Windowing.to_runner_api`, "TODO: Support EMIT_IF_NONEMPTY"): Prism re-fires every
+      accumulating window when it closes (end + allowed lateness: a LATE pane repeating the last
+      values, apache/beam#33623), Flink fires a pane without data after clearing a window;
+    - Prism collects a stateful step's per-window state at the window's end, whatever its allowed
+      lateness (only aggregations get a windowing strategy there), so this state lives in the
+      global window, keyed by window, and a timer clears it at the window's end plus allowed
+      lateness (Prism 2.77 stalls for minutes when event-time timers emit rows, so the timer
+      emits only panes still waiting for an earlier one, which does not happen on these engines)."""
+
+    MAX_HELD = 16
+    LAST = userstate.ReadModifyWriteStateSpec("last", FastPrimitivesCoder())  # (engine index, index, rank, digest)
+    HELD = userstate.ReadModifyWriteStateSpec("held", FastPrimitivesCoder())  # [row fields]
+    EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, allowed_lateness_ms: int):
+        self._lateness_ms = allowed_lateness_ms
         self._panes = _pane_counters()
         self._dropped = Metrics.counter("features", "repeated_panes_dropped")
+        self._relabelled = Metrics.counter("features", "panes_relabelled_late")
+        self._reordered = Metrics.counter("features", "panes_reordered")
 
-    def process(self, element: tuple[str, FeatureRow], last=beam.DoFn.StateParam(LAST)) -> Iterable[FeatureRow]:
+    def process(self, element: tuple[tuple[str, int], FeatureRow],
+                last_state=beam.DoFn.StateParam(LAST), held_state=beam.DoFn.StateParam(HELD),
+                expiry=beam.DoFn.TimerParam(EXPIRY)) -> Iterable[FeatureRow]:
         row = element[1]
+        last = last_state.read()
+        stored = held_state.read()
+        if last is None and stored is None:
+            expiry.set(Timestamp(micros=(row.window_end_ms + self._lateness_ms) * 1000))
+        held = sorted([FeatureRow(*fields) for fields in stored or []] + [row], key=lambda r: r.pane_index)
+        flush = len(held) > self.MAX_HELD
+        out = []
+        while held:
+            expected = 0 if last is None else last[0] + 1
+            if held[0].pane_index > expected and not flush:
+                break  # an earlier pane is still on its way
+            if held[0].pane_index < expected:  # already passed (a pane handed over twice)
+                held.pop(0)
+                self._dropped.inc()
+                continue
+            last, emitted = self._take(held.pop(0), last)
+            out += emitted
+        if held:
+            self._reordered.inc()  # a pane waits for an earlier one
+            held_state.write([tuple(r) for r in held])
+        elif stored is not None:
+            held_state.clear()
+        if last is not None:
+            last_state.write(last)
+        return out
+
+    def _take(self, row: FeatureRow, last: Optional[tuple]) -> tuple[tuple, list[FeatureRow]]:
+        """The next pane in index order: (the window's new last, the rows to emit)."""
         if row.max_event_time_ms < 0:  # no event in this pane (the accumulator's initial time)
             self._dropped.inc()
-            return
+            return (row.pane_index,) + (last[1:] if last else (-1, -1, b"")), []
+        index, rank = (0 if last is None or last[1] < 0 else last[1] + 1), _RANK[row.pane_timing]
+        if last is not None and last[2] >= _RANK["ON_TIME"] and rank < _RANK["LATE"]:
+            rank = _RANK["LATE"]
+            self._relabelled.inc()
         digest = hashlib.blake2b(repr((row.max_event_time_ms, row.features)).encode(), digest_size=16).digest()
-        if row.pane_timing == "LATE" and last.read() == digest:
+        if last is not None and rank == _RANK["LATE"] and digest == last[3]:
             self._dropped.inc()
-            return
-        last.write(digest)
-        self._panes[row.pane_timing].inc()
-        yield row
+            return (row.pane_index,) + last[1:], []
+        timing = _TIMINGS[rank]
+        self._panes[timing].inc()
+        return (row.pane_index, index, rank, digest), [row._replace(pane_timing=timing, pane_index=index)]
+
+    @userstate.on_timer(EXPIRY)
+    def expire(self, last_state=beam.DoFn.StateParam(LAST),
+               held_state=beam.DoFn.StateParam(HELD)) -> Iterable[FeatureRow]:
+        last = last_state.read()
+        out = []
+        for row in sorted((FeatureRow(*fields) for fields in held_state.read() or []), key=lambda r: r.pane_index):
+            last, emitted = self._take(row, last)
+            out += emitted
+        last_state.clear()
+        held_state.clear()
+        return out
 
 
 class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
@@ -114,13 +186,12 @@ class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
         index = self._entity_index
         join_key = self._spec.entities[self._view.entity].join_key
         streaming = is_stream(events)
-        # Streaming panes pass through _DropRepeatedPanes, which needs state, so non-merging
-        # windows (Prism refuses streaming sessions, see windows): sessions drop empty panes only.
-        # A repeated LATE pane needs late data to be possible (allowed lateness) and an
-        # accumulator that keeps it (accumulating): otherwise a closing pane is empty, and a
-        # stateless filter drops it (a state read and write per row saved).
-        can_repeat = self._view.allowed_lateness > 0 and self._view.accumulation == "accumulating"
-        drop_repeats = streaming and can_repeat and not isinstance(self._view.window, SessionWindow)
+        # Streaming accumulating panes after the ON_TIME one (allowed lateness) pass through
+        # _OrderPanes, which needs state per window, so non-merging windows (Prism refuses
+        # streaming sessions, see windows): sessions drop empty panes only. Elsewhere a closing
+        # pane is empty, and a stateless filter drops it (a state read and write per row saved).
+        late_accumulating = self._view.allowed_lateness > 0 and self._view.accumulation == "accumulating"
+        order_panes = streaming and late_accumulating and not isinstance(self._view.window, SessionWindow)
         fn = FeatureViewCombineFn(self._spec, self._view)
         if self._from_tiles:
             keyed, combine = events, MergeTiles(fn)
@@ -132,16 +203,18 @@ class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
             keyed
             | "Window" >> WindowFromSpec(self._view)
             | "Aggregate" >> beam.CombinePerKey(combine)
-            | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name, count_panes=not drop_repeats))
+            | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name, count_panes=not order_panes))
         )
-        if streaming and not drop_repeats:
+        if streaming and not order_panes:
             rows = rows | "Drop empty panes" >> beam.Filter(lambda r: r.max_event_time_ms >= 0)
-        elif drop_repeats:
+        elif order_panes:
             rows = (
                 rows
                 # rows keep Beam's primitive coder (see FeatureRow): hint Any, not the NamedTuple
-                | "Key rows" >> beam.Map(lambda r: (r.entity, r)).with_output_types(Tuple[str, Any])
-                | "Drop repeated panes" >> beam.ParDo(_DropRepeatedPanes())
+                | "Key by window" >> beam.Map(
+                    lambda r: ((r.entity, r.window_start_ms), r)).with_output_types(Tuple[Tuple[str, int], Any])
+                | "Panes to global window" >> beam.WindowInto(window.GlobalWindows())
+                | "Order panes" >> beam.ParDo(_OrderPanes(self._view.allowed_lateness * 1000))
             )
         # Rows carry their window as fields; a global window lets views with different
         # windowing be flattened and written together.

@@ -8,8 +8,8 @@ plays `speed` seconds of event time per real second, deferring the rest of its r
 as the stream plays. The watermark comes from a ManualWatermarkEstimator (run here on Prism and on
 Flink; Beam's Python streaming engine runs no splittable DoFn).
 
-Not used by `--replay` yet: Prism 2.77 mislabels accumulating panes with this source too
-(tests/test_prism_replay_source.py), so the replay stays TestStream on Beam's Python engine.
+`--replay` uses it on Prism (pipelines/streaming_features.py); on Beam's Python engine the replay
+is a TestStream (transforms/streaming/replay.py), whose simulated time takes no real time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from transforms.parse import ParsePlan
-from transforms.streaming.replay import _event_time
+from transforms.streaming.replay import ReplayStats, _event_time
 
 
 class _InOrderTracker(OffsetRestrictionTracker):
@@ -41,11 +41,11 @@ class _InOrderTracker(OffsetRestrictionTracker):
 
 
 class _LinesProvider(RestrictionProvider):
-    """One restriction over the whole file (the element is its line count), never split up
-    front (arrival order)."""
+    """One restriction over the whole file (the element is its line count) and the settling step
+    after it, never split up front (arrival order)."""
 
     def initial_restriction(self, element: int) -> OffsetRange:
-        return OffsetRange(0, element)
+        return OffsetRange(0, element + 1)
 
     def create_tracker(self, restriction: OffsetRange) -> _InOrderTracker:
         return _InOrderTracker(restriction)
@@ -66,9 +66,10 @@ class _PlayLines(beam.DoFn):
     chunk ends only, so a line's clock is the watermark of the chunk it arrived in."""
 
     def __init__(self, lines: list[bytes], times: list[Optional[int]], max_delay_ms: int,
-                 speed: float, chunk: int, tick_s: float):
+                 speed: float, chunk: int, tick_s: float, settle_ms: int):
         self._lines = lines
         self._max_delay_ms = max_delay_ms
+        self._settle_ms = settle_ms
         self._step_ms = int(speed * tick_s * 1000)
         self._chunk = chunk
         self._tick = Duration(micros=int(tick_s * 1_000_000))
@@ -89,6 +90,17 @@ class _PlayLines(beam.DoFn):
         restriction = tracker.current_restriction()
         step_end: Optional[int] = None
         for i in range(restriction.start, restriction.stop):
+            if i == len(self._lines):  # every line played: settle, then end (watermark to the end of time)
+                newest = self._newest[i]
+                if newest is not None and self._settle_ms:
+                    settled = Timestamp(micros=(newest + self._settle_ms) * 1000)
+                    clock = watermark.current_watermark()
+                    if clock is None or clock < settled:
+                        watermark.set_watermark(settled)
+                        tracker.defer_remainder(self._tick)
+                        return
+                tracker.try_claim(i)
+                return
             newest = self._newest[i]
             if newest is not None:
                 if step_end is None:
@@ -113,10 +125,15 @@ class _PlayLines(beam.DoFn):
 
 class ReplaySource(beam.PTransform[PBegin, PCollection[tuple[bytes, int]]]):
     """JSONL lines (arrival order) -> an unbounded stream of (line, watermark at arrival), played
-    at `speed` seconds of event time per real second."""
+    at `speed` seconds of event time per real second.
+
+    After the last line the watermark settles `settle_s` past the newest event (a view's longest
+    window: every window then closes on time) for one tick before it ends. Ending at once would
+    close windows on time and at the end of their allowed lateness in one step, and Prism 2.77
+    then hands their ON_TIME pane and their closing pane to the next step in either order."""
 
     def __init__(self, lines: Iterable[bytes], plan: ParsePlan, max_delay_s: float = 30.0,
-                 speed: float = 60.0, chunk: int = 100, tick_s: float = 0.5):
+                 speed: float = 60.0, chunk: int = 100, tick_s: float = 0.5, settle_s: float = 0.0):
         super().__init__()
         if speed <= 0:
             raise ValueError(f"replay speed must be > 0 s of event time per second (got {speed!r})")
@@ -128,10 +145,31 @@ class ReplaySource(beam.PTransform[PBegin, PCollection[tuple[bytes, int]]]):
         self._speed = speed
         self._chunk = chunk
         self._tick_s = tick_s
+        self._settle_ms = int(settle_s * 1000)
+
+    @property
+    def stats(self) -> ReplayStats:
+        """Events, and those older than the watermark when they arrive (the watermark moves at
+        chunk ends, as _PlayLines moves it)."""
+        stats = ReplayStats(events=len(self._lines))
+        watermark: Optional[int] = None
+        newest: Optional[int] = None
+        for i, t in enumerate(self._times):
+            if t is not None:
+                if stats.first_event_ms is None:
+                    stats.first_event_ms = t
+                if watermark is not None and t < watermark:
+                    stats.late_on_arrival += 1
+                newest = t if newest is None else max(newest, t)
+            if ((i + 1) % self._chunk == 0 or i + 1 == len(self._lines)) and newest is not None:
+                target = newest - self._max_delay_ms
+                if watermark is None or target > watermark:
+                    watermark = stats.last_watermark_ms = target
+        return stats
 
     def expand(self, pbegin: PBegin) -> PCollection[tuple[bytes, int]]:
         fn = _PlayLines(self._lines, self._times, self._max_delay_ms, self._speed, self._chunk,
-                        self._tick_s)
+                        self._tick_s, self._settle_ms)
         return (pbegin
                 | "Line count" >> beam.Create([len(self._lines)])
                 | "Play lines" >> beam.ParDo(fn))
