@@ -23,7 +23,9 @@ $(BASE): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The demo runs on Prism when it can be built (Go, the Go module proxy), else on Beam's Python engine.
 demo: $(BASE)
+	@bash engines/fetch.sh prism || echo "demo: no Prism (above); replaying on Beam's Python streaming engine"
 	$(PY) -m pipelines.demo
 
 # Real Beam engines for tests/test_engines.py: Prism, a Flink 1.19 job server and a Flink

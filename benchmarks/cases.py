@@ -130,7 +130,7 @@ def streaming(p: dict[str, Any]) -> dict[str, Any]:
     from pipelines.streaming_features import run
 
     out = Path(p["out_dir"])
-    argv = _store_args(p, out) + ["--replay"]
+    argv = _store_args(p, out) + ["--replay", "--runner", "BundleBasedDirectRunner"]
     with _Clock() as clock:
         run(argv)
     return {**clock.as_dict(p["events"]), "argv": argv, "engine": "direct",

@@ -115,7 +115,7 @@ def test_streaming_replay_reconciles_on_a_fixed_corpus(tmp_path):
     spec.write_text(yaml.safe_dump(SPEC))
     ok = _expected_ok(lines)
     offline = tmp_path / "offline"
-    streaming_features.run(["--events", str(events), "--replay", "--feature_spec", str(spec),
+    streaming_features.run(["--events", str(events), "--replay", "--runner", "BundleBasedDirectRunner", "--feature_spec", str(spec),
                             "--online_store", f"sqlite:///{tmp_path}/o.db", "--offline_store", str(offline),
                             "--runner", "BundleBasedDirectRunner"])
     letters = list(read_dead_letters(str(offline / "_dead_letters")))

@@ -110,7 +110,7 @@ def test_replay_with_late_panes_is_consistent(tmp_path):
     write_jsonl(str(events), generate(1200, seed=5, users=12, items=30, events_per_second=2,
                                       late_fraction=0.05, late_delay_ms=600_000))
     online, offline = f"sqlite:///{tmp_path}/online.db", str(tmp_path / "offline")
-    result = streaming_features.run(["--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC),
+    result = streaming_features.run(["--events", str(events), "--replay", "--runner", "BundleBasedDirectRunner", "--feature_spec", str(EXAMPLE_SPEC),
                                      "--online_store", online, "--offline_store", offline,
                                      "--runner", "BundleBasedDirectRunner"])
     # freshness: one lag sample (processing time minus window end, >= 0) per online write, per

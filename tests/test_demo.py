@@ -11,6 +11,7 @@ import tomllib
 import pytest
 
 from conftest import REPO
+from pipelines.common import prism_cached
 
 # What the extras bring; the demo must run without any of it.
 NOT_BASE = ["torch", "transformers", "sentence_transformers", "feast", "pytest", "hypothesis", "google.cloud.scheduler_v1"]
@@ -38,7 +39,8 @@ def test_demo_runs_without_the_extras_and_reconciles(tmp_path):
     used = int(re.search(r"used: +([\d,]+)", out).group(1).replace(",", ""))
     refused = int(re.search(r"refused: +([\d,]+)", out).group(1).replace(",", ""))
     too_late = int(re.search(r"too late: +([\d,]+) for every view", out).group(1).replace(",", ""))
-    assert events_in == 1500 == used + refused + too_late and refused == 3
+    expected = 6000 if prism_cached() else 1500  # Prism plays more events in the same time
+    assert events_in == expected == used + refused + too_late and refused == expected // 500
     early, on_time, late = (int(n.replace(",", "")) for n in
                             re.search(r"Panes user_5m: +early ([\d,]+), on time ([\d,]+), late ([\d,]+)", out).groups())
     assert early > 0 and on_time > 0 and late > 0

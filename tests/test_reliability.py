@@ -76,7 +76,7 @@ def test_too_late_events_are_kept_once_each_and_counts_reconcile(tmp_path, n_vie
     lines += [some, every, b"not json"]
     events, spec = write(tmp_path, lines, spec_dict(n_views))
     offline = tmp_path / "offline"
-    streaming_features.run(["--events", str(events), "--replay", "--replay_max_delay", "0s", "--feature_spec",
+    streaming_features.run(["--events", str(events), "--replay", "--runner", "BundleBasedDirectRunner", "--replay_max_delay", "0s", "--feature_spec",
                             str(spec), "--runner", "BundleBasedDirectRunner", "--online_store",
                             f"sqlite:///{tmp_path}/o.db", "--offline_store", str(offline)])
     letters = list(read_dead_letters(str(offline / "_dead_letters")))

@@ -57,7 +57,7 @@ def test_running_the_same_backfill_twice_changes_nothing(events, tmp_path, backe
 @pytest.mark.slow
 def test_replaying_the_same_stream_twice_changes_nothing(events, tmp_path):
     url = f"sqlite:///{tmp_path}/online.db"
-    args = ["--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC), "--online_store", url,
+    args = ["--events", str(events), "--replay", "--runner", "BundleBasedDirectRunner", "--feature_spec", str(EXAMPLE_SPEC), "--online_store", url,
             "--offline_store", str(tmp_path / "offline"), "--runner", "BundleBasedDirectRunner"]
     streaming_features.run(args)
     once_online, once_offline = _online_state(url), _offline_state(tmp_path / "offline")

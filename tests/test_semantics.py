@@ -43,10 +43,8 @@ def assert_panes(engine: str, spec, stream: TestStream, expected: list[tuple], v
     """Run one view over the stream and compare every emitted pane exactly:
     (entity, window start, window end, pane index, timing, features), on both streaming paths:
     event at a time, and (fixed and sliding views) the fast path's partial accumulators per tile
-    (transforms/streaming/tiles.py). One pipeline each: Prism may hand a window's ON_TIME pane
-    and its closing repeat (allowed lateness, a watermark jumping past both at once) to the next
-    step in either order when another branch shares the pipeline, which the repeat filter cannot
-    undo (README, Engines)."""
+    (transforms/streaming/tiles.py). One pipeline each, so each path's panes are its own
+    (Prism hands a window's panes over in any order; _OrderPanes restores the engine's)."""
     view = spec.feature_views[view_index]
     with beam.Pipeline(options=streaming_options_on(engine)) as p:
         parsed = p | stream | ParseEvents(spec)

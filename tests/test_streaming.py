@@ -44,7 +44,7 @@ def test_replay_emits_early_on_time_and_late_panes_with_correct_final_values(rep
     online = f"sqlite:///{tmp_path}/online.db"
     offline = tmp_path / "offline"
     streaming_features.run([
-        "--events", str(events), "--replay", "--feature_spec", str(EXAMPLE_SPEC),
+        "--events", str(events), "--replay", "--runner", "BundleBasedDirectRunner", "--feature_spec", str(EXAMPLE_SPEC),
         "--online_store", online, "--offline_store", str(offline), "--runner", "BundleBasedDirectRunner",
     ])
     spec = load_spec(EXAMPLE_SPEC)

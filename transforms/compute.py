@@ -12,7 +12,6 @@ from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import userstate, window
-from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.combine import FeatureViewCombineFn
@@ -69,17 +68,26 @@ _TIMINGS = ("EARLY", "ON_TIME", "LATE")
 _RANK = {timing: rank for rank, timing in enumerate(_TIMINGS)}
 
 
+class _KeyByWindow(beam.DoFn):
+    """FeatureRow -> ((entity, window start), (row fields, the engine's last pane of the window)):
+    what _OrderPanes needs once the row is in the global window."""
+
+    def process(self, row: FeatureRow, pane=beam.DoFn.PaneInfoParam) -> Iterable[tuple]:
+        yield (row.entity, row.window_start_ms), (tuple(row), bool(pane.is_last))
+
+
 class _OrderPanes(beam.DoFn):
     """A window's accumulating panes, per (entity, window start) in the global window: the
     panes a consumer should see, whatever the engine fires and in whatever order it hands them
     over. Rules:
     - panes are taken in the engine's pane index order (the engines number every pane they fire,
-      0, 1, ...): one that comes before an earlier index waits for it (at most MAX_HELD of them;
-      any still waiting when the window expires are taken then);
+      0, 1, ...): one that comes before an earlier index waits for it (at most MAX_HELD);
     - a pane with no event is dropped;
     - once a window's ON_TIME row is out, every later row is LATE;
     - a LATE pane whose values equal the last row emitted is dropped (it tells nothing new);
-    - indexes count the rows emitted for the window (0, 1, ...).
+    - indexes count the rows emitted for the window (0, 1, ...);
+    - the window's state is cleared once the engine's last pane (PaneInfo.is_last: the closing
+      pane at end + allowed lateness) is taken.
 
     Why, on the engines (README, Engines):
     - Prism 2.77 gives every pane of a window the same timestamp (the window's end) and may hand
@@ -88,51 +96,52 @@ class _OrderPanes(beam.DoFn):
       its stage's input watermark before the window's end, so firings after the ON_TIME pane come
       out EARLY and then ON_TIME again (tests/test_prism_replay_source.py);
     - Beam's Python SDK declares every windowing strategy with closing behaviour EMIT_ALWAYS
-      (`Windowing.to_runner_api`, "TODO: Support EMIT_IF_NONEMPTY"): Prism re-fires every
-      accumulating window when it closes (end + allowed lateness: a LATE pane repeating the last
-      values, apache/beam#33623), Flink fires a pane without data after clearing a window;
+      (`Windowing.to_runner_api`, "TODO: Support EMIT_IF_NONEMPTY"): Prism, Flink and Dataflow
+      fire a closing pane (Prism's repeats the last values, apache/beam#33623);
     - Prism collects a stateful step's per-window state at the window's end, whatever its allowed
       lateness (only aggregations get a windowing strategy there), so this state lives in the
-      global window, keyed by window, and a timer clears it at the window's end plus allowed
-      lateness (Prism 2.77 stalls for minutes when event-time timers emit rows, so the timer
-      emits only panes still waiting for an earlier one, which does not happen on these engines)."""
+      global window, keyed by window. It is cleared by the closing pane, not by a timer: an
+      event-time timer at end + allowed lateness per window stalls Prism 2.77 for tens of seconds
+      at the end of a stream. Beam's Python streaming engine fires no closing pane, so there the
+      state of a window stays until the pipeline ends (a local engine for tests and the demo)."""
 
     MAX_HELD = 16
     LAST = userstate.ReadModifyWriteStateSpec("last", FastPrimitivesCoder())  # (engine index, index, rank, digest)
-    HELD = userstate.ReadModifyWriteStateSpec("held", FastPrimitivesCoder())  # [row fields]
-    EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
+    HELD = userstate.ReadModifyWriteStateSpec("held", FastPrimitivesCoder())  # [(row fields, is last)]
 
-    def __init__(self, allowed_lateness_ms: int):
-        self._lateness_ms = allowed_lateness_ms
+    def __init__(self):
         self._panes = _pane_counters()
         self._dropped = Metrics.counter("features", "repeated_panes_dropped")
         self._relabelled = Metrics.counter("features", "panes_relabelled_late")
         self._reordered = Metrics.counter("features", "panes_reordered")
 
-    def process(self, element: tuple[tuple[str, int], FeatureRow],
-                last_state=beam.DoFn.StateParam(LAST), held_state=beam.DoFn.StateParam(HELD),
-                expiry=beam.DoFn.TimerParam(EXPIRY)) -> Iterable[FeatureRow]:
-        row = element[1]
+    def process(self, element: tuple[tuple[str, int], tuple[tuple, bool]],
+                last_state=beam.DoFn.StateParam(LAST), held_state=beam.DoFn.StateParam(HELD)) -> Iterable[FeatureRow]:
         last = last_state.read()
         stored = held_state.read()
-        if last is None and stored is None:
-            expiry.set(Timestamp(micros=(row.window_end_ms + self._lateness_ms) * 1000))
-        held = sorted([FeatureRow(*fields) for fields in stored or []] + [row], key=lambda r: r.pane_index)
+        held = sorted([(FeatureRow(*fields), final) for fields, final in (stored or []) + [element[1]]],
+                      key=lambda pane: pane[0].pane_index)
         flush = len(held) > self.MAX_HELD
-        out = []
+        out, closed = [], False
         while held:
+            row, final = held[0]
             expected = 0 if last is None else last[0] + 1
-            if held[0].pane_index > expected and not flush:
+            if row.pane_index > expected and not flush:
                 break  # an earlier pane is still on its way
-            if held[0].pane_index < expected:  # already passed (a pane handed over twice)
-                held.pop(0)
+            held.pop(0)
+            if row.pane_index < expected:  # already passed (a pane handed over twice)
                 self._dropped.inc()
                 continue
-            last, emitted = self._take(held.pop(0), last)
+            last, emitted = self._take(row, last)
             out += emitted
+            closed = closed or final
+        if closed:
+            last_state.clear()
+            held_state.clear()
+            return out
         if held:
             self._reordered.inc()  # a pane waits for an earlier one
-            held_state.write([tuple(r) for r in held])
+            held_state.write([(tuple(r), final) for r, final in held])
         elif stored is not None:
             held_state.clear()
         if last is not None:
@@ -155,18 +164,6 @@ class _OrderPanes(beam.DoFn):
         timing = _TIMINGS[rank]
         self._panes[timing].inc()
         return (row.pane_index, index, rank, digest), [row._replace(pane_timing=timing, pane_index=index)]
-
-    @userstate.on_timer(EXPIRY)
-    def expire(self, last_state=beam.DoFn.StateParam(LAST),
-               held_state=beam.DoFn.StateParam(HELD)) -> Iterable[FeatureRow]:
-        last = last_state.read()
-        out = []
-        for row in sorted((FeatureRow(*fields) for fields in held_state.read() or []), key=lambda r: r.pane_index):
-            last, emitted = self._take(row, last)
-            out += emitted
-        last_state.clear()
-        held_state.clear()
-        return out
 
 
 class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
@@ -211,10 +208,9 @@ class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
             rows = (
                 rows
                 # rows keep Beam's primitive coder (see FeatureRow): hint Any, not the NamedTuple
-                | "Key by window" >> beam.Map(
-                    lambda r: ((r.entity, r.window_start_ms), r)).with_output_types(Tuple[Tuple[str, int], Any])
+                | "Key by window" >> beam.ParDo(_KeyByWindow()).with_output_types(Tuple[Tuple[str, int], Any])
                 | "Panes to global window" >> beam.WindowInto(window.GlobalWindows())
-                | "Order panes" >> beam.ParDo(_OrderPanes(self._view.allowed_lateness * 1000))
+                | "Order panes" >> beam.ParDo(_OrderPanes())
             )
         # Rows carry their window as fields; a global window lets views with different
         # windowing be flattened and written together.
