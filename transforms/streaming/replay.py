@@ -38,51 +38,69 @@ def _event_time(line: bytes, plan: ParsePlan) -> Optional[int]:
         return None  # still replayed: the pipeline dead-letters it with the reason
 
 
+class ReplayClock:
+    """The replay's watermark, shared by the TestStream replay and ReplaySource: it trails the
+    newest event time seen by `max_delay_ms` and moves at chunk ends; counts what arrives behind it."""
+
+    def __init__(self, max_delay_ms: int):
+        self.stats = ReplayStats()
+        self.watermark: Optional[int] = None
+        self._newest: Optional[int] = None
+        self._max_delay_ms = max_delay_ms
+
+    def arrive(self, t: Optional[int]) -> None:
+        """One line, with its event time (None: a line the pipeline refuses)."""
+        self.stats.events += 1
+        if t is None:
+            return
+        if self.stats.first_event_ms is None:
+            self.stats.first_event_ms = t
+        if self.watermark is not None and t < self.watermark:
+            self.stats.late_on_arrival += 1
+        self._newest = t if self._newest is None else max(self._newest, t)
+
+    def advance(self) -> Optional[int]:
+        """At a chunk's end: the new watermark, or None when it does not move."""
+        if self._newest is None:
+            return None
+        target = self._newest - self._max_delay_ms
+        if self.watermark is not None and target <= self.watermark:
+            return None
+        self.watermark = self.stats.last_watermark_ms = target
+        return target
+
+
 def build_replay(
     lines: Iterable[bytes], plan: ParsePlan, max_delay_s: float = 30.0, chunk: int = 100
 ) -> tuple[TestStream, ReplayStats]:
     stream = TestStream()
-    stats = ReplayStats()
-    watermark: Optional[int] = None
-    newest: Optional[int] = None
+    clock = ReplayClock(int(max_delay_s * 1000))
     pending: list[bytes] = []
 
     def flush() -> None:
-        nonlocal watermark
         if not pending:
             return
         # each line travels with the replay's watermark at its arrival: the lateness guard's clock
-        clock = watermark if watermark is not None else -1
-        stream.add_elements([(line, clock) for line in pending])
+        previous = clock.watermark
+        stream.add_elements([(line, -1 if previous is None else previous) for line in pending])
         pending.clear()
-        if newest is None:
-            return
-        target = newest - int(max_delay_s * 1000)
-        if watermark is None or target > watermark:
-            if watermark is not None:
+        target = clock.advance()
+        if target is not None:
+            if previous is not None:
                 # processing time follows event time, so early firings keep their rhythm
-                stream.advance_processing_time(Duration(micros=(target - watermark) * 1000))
+                stream.advance_processing_time(Duration(micros=(target - previous) * 1000))
             stream.advance_watermark_to(Timestamp(micros=target * 1000))
-            watermark = target
-            stats.last_watermark_ms = target
 
     for line in lines:
         if not line.strip():
             continue
-        stats.events += 1
-        t = _event_time(line, plan)
-        if t is not None:
-            if stats.first_event_ms is None:
-                stats.first_event_ms = t
-            if watermark is not None and t < watermark:
-                stats.late_on_arrival += 1
-            newest = t if newest is None else max(newest, t)
+        clock.arrive(_event_time(line, plan))
         pending.append(line)
         if len(pending) >= chunk:
             flush()
     flush()
     stream.advance_watermark_to_infinity()
-    return stream, stats
+    return stream, clock.stats
 
 
 def read_lines(pattern: str) -> list[bytes]:

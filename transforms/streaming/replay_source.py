@@ -24,7 +24,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from transforms.parse import ParsePlan
-from transforms.streaming.replay import ReplayStats, _event_time
+from transforms.streaming.replay import ReplayClock, ReplayStats, _event_time
 
 
 class _InOrderTracker(OffsetRestrictionTracker):
@@ -151,21 +151,12 @@ class ReplaySource(beam.PTransform[PBegin, PCollection[tuple[bytes, int]]]):
     def stats(self) -> ReplayStats:
         """Events, and those older than the watermark when they arrive (the watermark moves at
         chunk ends, as _PlayLines moves it)."""
-        stats = ReplayStats(events=len(self._lines))
-        watermark: Optional[int] = None
-        newest: Optional[int] = None
+        clock = ReplayClock(self._max_delay_ms)
         for i, t in enumerate(self._times):
-            if t is not None:
-                if stats.first_event_ms is None:
-                    stats.first_event_ms = t
-                if watermark is not None and t < watermark:
-                    stats.late_on_arrival += 1
-                newest = t if newest is None else max(newest, t)
-            if ((i + 1) % self._chunk == 0 or i + 1 == len(self._lines)) and newest is not None:
-                target = newest - self._max_delay_ms
-                if watermark is None or target > watermark:
-                    watermark = stats.last_watermark_ms = target
-        return stats
+            clock.arrive(t)
+            if (i + 1) % self._chunk == 0 or i + 1 == len(self._lines):
+                clock.advance()
+        return clock.stats
 
     def expand(self, pbegin: PBegin) -> PCollection[tuple[bytes, int]]:
         fn = _PlayLines(self._lines, self._times, self._max_delay_ms, self._speed, self._chunk,
