@@ -5,7 +5,7 @@ or from the streaming fast path's partial accumulators per tile (transforms/stre
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import FastPrimitivesCoder
@@ -64,8 +64,9 @@ class _ToFeatureRow(beam.DoFn):
         )
 
 
-_TIMINGS = ("EARLY", "ON_TIME", "LATE")
-_RANK = {timing: rank for rank, timing in enumerate(_TIMINGS)}
+_TIMINGS = tuple(_TIMING.values())  # by rank: PaneInfoTiming's order
+_RANK = {name: int(timing) for timing, name in _TIMING.items()}
+_NO_ROW = (-1, -1, -1, b"")  # a window's last (engine index, row index, rank, digest) before any pane
 
 
 class _KeyByWindow(beam.DoFn):
@@ -117,7 +118,7 @@ class _OrderPanes(beam.DoFn):
 
     def process(self, element: tuple[tuple[str, int], tuple[tuple, bool]],
                 last_state=beam.DoFn.StateParam(LAST), held_state=beam.DoFn.StateParam(HELD)) -> Iterable[FeatureRow]:
-        last = last_state.read()
+        last = last_state.read() or _NO_ROW
         stored = held_state.read()
         held = sorted([(FeatureRow(*fields), final) for fields, final in (stored or []) + [element[1]]],
                       key=lambda pane: pane[0].pane_index)
@@ -125,7 +126,7 @@ class _OrderPanes(beam.DoFn):
         out, closed = [], False
         while held:
             row, final = held[0]
-            expected = 0 if last is None else last[0] + 1
+            expected = last[0] + 1
             if row.pane_index > expected and not flush:
                 break  # an earlier pane is still on its way
             held.pop(0)
@@ -144,21 +145,20 @@ class _OrderPanes(beam.DoFn):
             held_state.write([(tuple(r), final) for r, final in held])
         elif stored is not None:
             held_state.clear()
-        if last is not None:
-            last_state.write(last)
+        last_state.write(last)
         return out
 
-    def _take(self, row: FeatureRow, last: Optional[tuple]) -> tuple[tuple, list[FeatureRow]]:
+    def _take(self, row: FeatureRow, last: tuple) -> tuple[tuple, list[FeatureRow]]:
         """The next pane in index order: (the window's new last, the rows to emit)."""
         if row.max_event_time_ms < 0:  # no event in this pane (the accumulator's initial time)
             self._dropped.inc()
-            return (row.pane_index,) + (last[1:] if last else (-1, -1, b"")), []
-        index, rank = (0 if last is None or last[1] < 0 else last[1] + 1), _RANK[row.pane_timing]
-        if last is not None and last[2] >= _RANK["ON_TIME"] and rank < _RANK["LATE"]:
+            return (row.pane_index,) + last[1:], []
+        index, rank = last[1] + 1, _RANK[row.pane_timing]
+        if last[2] >= _RANK["ON_TIME"] and rank < _RANK["LATE"]:
             rank = _RANK["LATE"]
             self._relabelled.inc()
         digest = hashlib.blake2b(repr((row.max_event_time_ms, row.features)).encode(), digest_size=16).digest()
-        if last is not None and rank == _RANK["LATE"] and digest == last[3]:
+        if rank == _RANK["LATE"] and digest == last[3]:
             self._dropped.inc()
             return (row.pane_index,) + last[1:], []
         timing = _TIMINGS[rank]

@@ -41,11 +41,11 @@ class _InOrderTracker(OffsetRestrictionTracker):
 
 
 class _LinesProvider(RestrictionProvider):
-    """One restriction over the whole file (the element is its line count) and the settling step
-    after it, never split up front (arrival order)."""
+    """One restriction over the whole file (the element is its line count), never split up
+    front (arrival order)."""
 
     def initial_restriction(self, element: int) -> OffsetRange:
-        return OffsetRange(0, element + 1)
+        return OffsetRange(0, element)
 
     def create_tracker(self, restriction: OffsetRange) -> _InOrderTracker:
         return _InOrderTracker(restriction)
@@ -66,10 +66,9 @@ class _PlayLines(beam.DoFn):
     chunk ends only, so a line's clock is the watermark of the chunk it arrived in."""
 
     def __init__(self, lines: list[bytes], times: list[Optional[int]], max_delay_ms: int,
-                 speed: float, chunk: int, tick_s: float, settle_ms: int):
+                 speed: float, chunk: int, tick_s: float):
         self._lines = lines
         self._max_delay_ms = max_delay_ms
-        self._settle_ms = settle_ms
         self._step_ms = int(speed * tick_s * 1000)
         self._chunk = chunk
         self._tick = Duration(micros=int(tick_s * 1_000_000))
@@ -90,17 +89,6 @@ class _PlayLines(beam.DoFn):
         restriction = tracker.current_restriction()
         step_end: Optional[int] = None
         for i in range(restriction.start, restriction.stop):
-            if i == len(self._lines):  # every line played: settle, then end (watermark to the end of time)
-                newest = self._newest[i]
-                if newest is not None and self._settle_ms:
-                    settled = Timestamp(micros=(newest + self._settle_ms) * 1000)
-                    clock = watermark.current_watermark()
-                    if clock is None or clock < settled:
-                        watermark.set_watermark(settled)
-                        tracker.defer_remainder(self._tick)
-                        return
-                tracker.try_claim(i)
-                return
             newest = self._newest[i]
             if newest is not None:
                 if step_end is None:
@@ -125,15 +113,10 @@ class _PlayLines(beam.DoFn):
 
 class ReplaySource(beam.PTransform[PBegin, PCollection[tuple[bytes, int]]]):
     """JSONL lines (arrival order) -> an unbounded stream of (line, watermark at arrival), played
-    at `speed` seconds of event time per real second.
-
-    After the last line the watermark settles `settle_s` past the newest event (a view's longest
-    window: every window then closes on time) for one tick before it ends. Ending at once would
-    close windows on time and at the end of their allowed lateness in one step, and Prism 2.77
-    then hands their ON_TIME pane and their closing pane to the next step in either order."""
+    at `speed` seconds of event time per real second."""
 
     def __init__(self, lines: Iterable[bytes], plan: ParsePlan, max_delay_s: float = 30.0,
-                 speed: float = 60.0, chunk: int = 100, tick_s: float = 0.5, settle_s: float = 0.0):
+                 speed: float = 60.0, chunk: int = 100, tick_s: float = 0.5):
         super().__init__()
         if speed <= 0:
             raise ValueError(f"replay speed must be > 0 s of event time per second (got {speed!r})")
@@ -145,7 +128,6 @@ class ReplaySource(beam.PTransform[PBegin, PCollection[tuple[bytes, int]]]):
         self._speed = speed
         self._chunk = chunk
         self._tick_s = tick_s
-        self._settle_ms = int(settle_s * 1000)
 
     @property
     def stats(self) -> ReplayStats:
@@ -160,7 +142,7 @@ class ReplaySource(beam.PTransform[PBegin, PCollection[tuple[bytes, int]]]):
 
     def expand(self, pbegin: PBegin) -> PCollection[tuple[bytes, int]]:
         fn = _PlayLines(self._lines, self._times, self._max_delay_ms, self._speed, self._chunk,
-                        self._tick_s, self._settle_ms)
+                        self._tick_s)
         return (pbegin
                 | "Line count" >> beam.Create([len(self._lines)])
                 | "Play lines" >> beam.ParDo(fn))
