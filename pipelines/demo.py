@@ -5,7 +5,7 @@ late and malformed events), replays it through `streaming_features --replay` int
 and Parquet (offline), shows progress, then reads features back.
 
 On Prism (`make demo` builds it, as `make engines` does): 6,000 events (12.5 minutes of event
-time) played in real time at 60 seconds of event time per second, start-up included 23-24 s on 2 cores.
+time) played in real time at 60 seconds of event time per second, start-up included 23-25 s on 2 cores.
 Processing-time triggers fire in real seconds, so the demo's copy of the spec fires user_5m's
 early panes every second (shop.yaml: every 10 s, for a stream played at its own pace). Without
 Prism: Beam's Python streaming engine, 1,500 events in TestStream's simulated time (~15 s).
