@@ -9,11 +9,9 @@ time) played in real time at 60 seconds of event time per second, start-up inclu
 with the interpreter and the events' generation) on 2 cores. Processing-time triggers fire in real
 seconds, so the demo's copy of the spec fires user_5m's early panes every second (shop.yaml: every
 10 s, for a stream played at its own pace). It also leaves out shop.yaml's `source.id_field`: the
-generated events have no redelivered copies, and Prism's scheduler visits every key holding state
-or a timer on each watermark refresh (`minPendingTimestampLocked` in prism's elementmanager.go,
-with its TODO), so 6,000 ids held for de-duplication made this run take 23-40 s here. Without
-Prism: Beam's Python streaming engine, 1,500 events in TestStream's simulated time (~6 s), with
-the spec as it is.
+generated events have no redelivered copies, and per-id state is what Prism schedules slowest
+(README, Engines: 23-40 s with it here). Without Prism: Beam's Python streaming engine, 1,500
+events in TestStream's simulated time (~6 s), with the spec as it is.
 """
 
 from __future__ import annotations
