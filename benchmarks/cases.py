@@ -75,7 +75,9 @@ class _Clock:
 
     def __exit__(self, *exc: Any) -> None:
         self.elapsed_s = time.perf_counter() - self._wall
-        self.cpu_s = time.process_time() - self._cpu + self._children_cpu() - self._children
+        self.cpu_self_s = time.process_time() - self._cpu
+        self.cpu_children_s = self._children_cpu() - self._children
+        self.cpu_s = self.cpu_self_s + self.cpu_children_s
 
     @staticmethod
     def _children_cpu() -> float:
@@ -87,6 +89,10 @@ class _Clock:
             "events": events,
             "elapsed_s": round(self.elapsed_s, 3),
             "cpu_s": round(self.cpu_s, 3),
+            # this process (the pipeline's Python side under LOOPBACK) and its descendants
+            # (SDK worker processes, the Prism binary, Flink's JVM)
+            "cpu_self_s": round(self.cpu_self_s, 3),
+            "cpu_children_s": round(self.cpu_children_s, 3),
             "events_per_s": round(events / self.elapsed_s, 1),
             "cpu_events_per_s": round(events / self.cpu_s, 1) if self.cpu_s else None,
             "rss_before_run_mb": round(self.rss_before_mb, 1),

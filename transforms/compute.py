@@ -18,7 +18,7 @@ from transforms.combine import FeatureViewCombineFn
 from transforms.parse import ParsePlan
 from transforms.records import Event, FeatureRow
 from transforms.spec import FeatureSpecFile, FeatureViewSpec, SessionWindow
-from transforms.streaming.tiles import MergeTiles
+from transforms.streaming.tiles import MergeTiles, PreCombinePerWindow
 from transforms.windows import WindowFromSpec, is_stream
 
 _TIMING = {
@@ -191,17 +191,26 @@ class ComputeFeatures(beam.PTransform[PCollection, PCollection[FeatureRow]]):
         order_panes = streaming and late_accumulating and not isinstance(self._view.window, SessionWindow)
         fn = FeatureViewCombineFn(self._spec, self._view)
         if self._from_tiles:
-            keyed, combine = events, MergeTiles(fn)
+            # Our own combiner lifting: per (entity, window) inside the bundle, on the partials
+            # as objects, then a plain GroupByKey and CombineValues (what CombinePerKey expands
+            # to), so no runner lifts a second time (Prism's lifting decodes and re-encodes
+            # every element in Python).
+            aggregated = (
+                events
+                | "Window" >> WindowFromSpec(self._view)
+                | "Pre-combine per window" >> beam.ParDo(PreCombinePerWindow(fn))
+                | "Group" >> beam.GroupByKey()
+                | "Aggregate" >> beam.CombineValues(MergeTiles(fn))
+            )
         else:
-            keyed = events | f"Key by {join_key}" >> beam.Map(
-                lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
-            combine = fn
-        rows = (
-            keyed
-            | "Window" >> WindowFromSpec(self._view)
-            | "Aggregate" >> beam.CombinePerKey(combine)
-            | "Annotate panes" >> beam.ParDo(_ToFeatureRow(self._view.name, count_panes=not order_panes))
-        )
+            aggregated = (
+                events
+                | f"Key by {join_key}" >> beam.Map(lambda e: (e.keys[index], e)).with_output_types(Tuple[str, Event])
+                | "Window" >> WindowFromSpec(self._view)
+                | "Aggregate" >> beam.CombinePerKey(fn)
+            )
+        rows = aggregated | "Annotate panes" >> beam.ParDo(
+            _ToFeatureRow(self._view.name, count_panes=not order_panes))
         if streaming and not order_panes:
             rows = rows | "Drop empty panes" >> beam.Filter(lambda r: r.max_event_time_ms >= 0)
         elif order_panes:

@@ -27,6 +27,10 @@ from transforms.windows import GuardLateness, is_stream, reach_ms, tileable
 class FeatureOutputs(NamedTuple):
     rows: PCollection  # FeatureRows: every emitted pane of every view
     dead_letters: PCollection  # DeadLetters
+    # Each view's rows, before the Flatten into `rows`. Streaming sinks write these view by view:
+    # Prism and Flink run a Flatten outside the worker, so writing `rows` would send every row
+    # to the engine and back (encoded twice); unconsumed, the Flatten costs nothing there.
+    per_view: tuple = ()
 
 
 class TiledOutputs(NamedTuple):
@@ -55,9 +59,10 @@ class FeaturePipeline(beam.PTransform[PCollection[Any], FeatureOutputs]):
     def expand(self, raw: PCollection[Any]) -> FeatureOutputs:
         if self._blocks:  # the stream's fast path: blocks parsed straight into tiles
             tiles = raw | "Tiles" >> BlocksToTiles(self._spec)
-            rows = [tiles[tile_tag(view)] | ComputeFeatures(self._spec, view, from_tiles=True)
-                    for view in self._spec.feature_views] | "Merge views" >> beam.Flatten()
-            return FeatureOutputs(rows, tiles[DEAD_LETTER_TAG])
+            per_view = [tiles[tile_tag(view)] | ComputeFeatures(self._spec, view, from_tiles=True)
+                        for view in self._spec.feature_views]
+            rows = per_view | "Merge views" >> beam.Flatten()
+            return FeatureOutputs(rows, tiles[DEAD_LETTER_TAG], tuple(per_view))
         parsed = raw | "Parse events" >> ParseEvents(self._spec, self._from_element, self._clock)
         events = parsed.events
         if self._spec.source.id_field:
@@ -78,7 +83,7 @@ class FeaturePipeline(beam.PTransform[PCollection[Any], FeatureOutputs]):
                 view_events = events | GuardLateness(view)
             per_view.append(view_events | ComputeFeatures(self._spec, view))
         rows = per_view | "Merge views" >> beam.Flatten()
-        return FeatureOutputs(rows, parsed.dead_letter)
+        return FeatureOutputs(rows, parsed.dead_letter, tuple(per_view))
 
 
 class TiledFeaturePipeline(beam.PTransform[PBegin, TiledOutputs]):
@@ -127,12 +132,20 @@ class WriteFeatures(beam.PTransform[Union[FeatureOutputs, TiledOutputs], None]):
     def expand(self, outputs: Union[FeatureOutputs, TiledOutputs]) -> None:
         if isinstance(outputs, TiledOutputs):  # already reduced to the newest rows
             online_rows, offline_rows, latest_only = outputs.newest_rows, outputs.row_batches, False
+        elif outputs.per_view and is_stream(outputs.rows):  # view by view (FeatureOutputs.per_view)
+            for i, view_rows in enumerate(outputs.per_view):
+                suffix = f" {i + 1}" if i else ""
+                if self._online:
+                    view_rows | f"Online store{suffix}" >> WriteOnline(self._online, self._spec)
+                if self._offline:
+                    view_rows | f"Offline store{suffix}" >> WriteOffline(self._offline, self._spec)
+            online_rows = offline_rows = None
         else:
             online_rows = offline_rows = outputs.rows
             latest_only = not is_stream(outputs.rows)
-        if self._online:
+        if self._online and online_rows is not None:
             online_rows | "Online store" >> WriteOnline(self._online, self._spec, latest_only=latest_only)
-        if self._offline:
+        if self._offline and offline_rows is not None:
             offline_rows | "Offline store" >> WriteOffline(self._offline, self._spec, commit=self._commit)
         if self._dead_letter:
             outputs.dead_letters | "Dead letters" >> WriteDeadLetters(self._dead_letter, commit=self._commit)

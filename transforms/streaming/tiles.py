@@ -7,8 +7,14 @@ windows its events would have been, and is late or on time exactly when they wou
 (lateness is judged per window: its end + allowed lateness against the watermark). Panes keep
 Beam's semantics - early, on-time and late firings, allowed lateness, accumulating or discarding -
 with one documented difference: a count trigger (`late_every: n`) counts partials (the events of
-one entity and tile that arrived in one bundle), not events. A bundle is flushed at its end, or
+one entity and window that arrived in one bundle), not events. A bundle is flushed at its end, or
 every `FLUSH_EVENTS` events, so partials never wait for a long bundle to end.
+
+After Beam's WindowInto, PreCombinePerWindow lifts the combiner as runners do in batch: a
+bundle's partials are merged per (entity, window), so the GroupByKey gets one element per entity
+and window per bundle, not one per tile and window (a sliding window's tile is in size/period
+windows). ComputeFeatures then groups with a plain GroupByKey and CombineValues, so no runner
+lifts a second time.
 
 Only the combiner's work moves: events are still parsed one verdict each (ParseEvents), de-
 duplicated and guarded against lateness before they are added to a tile. Event files read as a
@@ -68,17 +74,17 @@ class _ViewTiles:
             acc = self.tiles[key] = self.fn.create_accumulator()
         self.fn.add_input(acc, event)
 
-    def drain(self) -> Iterator[tuple[str, tuple[str, bytes], int]]:
-        """(tag, (entity, encoded accumulator), tile start ms) per tile, and forgets them."""
+    def drain(self) -> Iterator[tuple[str, tuple[str, "Partial"], int]]:
+        """(tag, (entity, Partial), tile start ms) per tile, and forgets them."""
         tiles, self.tiles = self.tiles, {}
-        encode = self.coder.encode
+        coder = self.coder
         for (entity, start), acc in tiles.items():
-            yield self.tag, (entity, encode(acc)), start
+            yield self.tag, (entity, Partial(acc, coder)), start
 
 
 class _EventsToTiles(beam.DoFn):
-    """Events -> per view, tagged (entity, encoded partial accumulator) with its tile's start as
-    timestamp, one per (entity, tile) per flush."""
+    """Events -> per view, tagged (entity, Partial) with its tile's start as timestamp, one per
+    (entity, tile) per flush."""
 
     def __init__(self, spec: FeatureSpecFile, views: Sequence[FeatureViewSpec]):
         self._spec = spec
@@ -105,7 +111,7 @@ class _EventsToTiles(beam.DoFn):
         for tag, value, start_ms in self._drain():
             yield pvalue.TaggedOutput(tag, WindowedValue(value, Timestamp(micros=start_ms * 1000), (GlobalWindow(),)))
 
-    def _drain(self) -> Iterator[tuple[str, tuple[str, bytes], int]]:
+    def _drain(self) -> Iterator[tuple[str, tuple[str, "Partial"], int]]:
         self._events.inc(self._pending)
         self._pending = 0
         for view_tiles in self._tiles:
@@ -116,7 +122,7 @@ class _EventsToTiles(beam.DoFn):
 
 class EventsToTiles(beam.PTransform[PCollection[Event], pvalue.DoOutputsTuple]):
     """A stream of events -> one PCollection per tileable view (tagged `tile_tag(view)`) of
-    (entity, encoded partial accumulator), timestamped at the tile's start, in the global
+    (entity, Partial accumulator), timestamped at the tile's start, in the global
     window. Events too late for a view (their `arrival_ms`, see ParseEvents' clock) are dropped
     from that view, as GuardLateness drops them."""
 
@@ -215,6 +221,84 @@ def blocks_to_tiles_fits(spec: FeatureSpecFile) -> bool:
     """Whether a stream of event files can go from blocks of lines straight to tiles: no ids to
     de-duplicate first, and only fixed and sliding views."""
     return not spec.source.id_field and all(tileable(v) for v in spec.feature_views)
+
+
+class Partial:
+    """A tile's partial accumulator on its way to PreCombinePerWindow: the object itself while it
+    stays in the worker (the steps from the tiles to the per-window pre-combine are fused, so it
+    is never encoded there), encoded by the view's AccumulatorCoder if a runner ever ships it
+    (pickling, e.g. FastPrimitivesCoder's fallback, carries the encoded bytes). The accumulator is
+    never changed after it is made: merges go into a fresh one."""
+
+    __slots__ = ("_acc", "_coder", "_data")
+
+    def __init__(self, acc: Optional[list] = None, coder: Any = None, data: Optional[bytes] = None):
+        self._acc, self._coder, self._data = acc, coder, data
+
+    def encoded(self, coder: Any) -> bytes:
+        if self._data is None:
+            self._data = coder.encode(self._acc)
+        return self._data
+
+    def accumulator(self, coder: Any) -> list:
+        if self._acc is None:
+            self._acc = coder.decode(self._data)
+        return self._acc
+
+    def __reduce__(self):
+        return Partial, (None, None, self.encoded(self._coder))
+
+
+class PreCombinePerWindow(beam.DoFn):
+    """Combiner lifting after Beam's WindowInto: a bundle's partials (entity, Partial) are merged
+    per (entity, window) and leave as (entity, encoded accumulator) in that window, timestamped
+    at the earliest of their timestamps, so the GroupByKey receives one element per entity and
+    window per bundle instead of one per tile and window (a sliding window's tile is in
+    size/period windows). Emitted at the bundle's end, or when MAX_GROUPS are held. A window
+    with one partial ships that partial's bytes, encoded once for all its windows."""
+
+    MAX_GROUPS = 100_000
+
+    def __init__(self, fn: FeatureViewCombineFn):
+        self._fn = fn
+
+    def setup(self) -> None:
+        self._coder = self._fn.get_accumulator_coder()
+        self._merged = Metrics.counter("tiles", "window_partials")
+
+    def start_bundle(self) -> None:
+        self._groups: dict[tuple[str, Any], list] = {}
+
+    def process(self, element: tuple[str, Partial],
+                windowed=beam.DoFn.WindowedValueParam) -> Iterable[WindowedValue]:
+        # the whole WindowedValue: its windows in one call (WindowParam would invoke once per window)
+        entity, partial = element
+        timestamp, groups = windowed.timestamp, self._groups
+        for window in windowed.windows:
+            group = groups.get((entity, window))
+            if group is None:
+                groups[(entity, window)] = [timestamp, partial]
+            else:
+                group.append(partial)
+                if timestamp < group[0]:
+                    group[0] = timestamp
+        if len(groups) >= self.MAX_GROUPS:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[WindowedValue]:
+        groups, self._groups = self._groups, {}
+        fn, coder = self._fn, self._coder
+        self._merged.inc(len(groups))
+        for (entity, window), (timestamp, *partials) in groups.items():
+            if len(partials) == 1:
+                data = partials[0].encoded(coder)
+            else:
+                merged = fn.merge_accumulators([fn.create_accumulator()] + [p.accumulator(coder) for p in partials])
+                data = coder.encode(merged)
+            yield WindowedValue((entity, data), timestamp, (window,))
 
 
 class MergeTiles(beam.CombineFn):
