@@ -141,3 +141,30 @@ def test_a_shipped_partial_carries_its_encoded_accumulator():
     shipped = pickle.loads(pickle.dumps(Partial(acc, coder)))
     assert shipped.encoded(coder) == coder.encode(acc)
     assert fn.extract_output(shipped.accumulator(coder)) == fn.extract_output(acc)
+
+
+def test_merge_tiles_gives_the_same_values_however_partials_are_grouped():
+    """MergeTiles' first partial becomes the accumulator (no copy of an empty one): adding all
+    partials, merging per-partial accumulators with empty ones among them, and merging nothing
+    agree with the events added one by one."""
+    fn = FeatureViewCombineFn(SPEC, VIEW)
+    coder = fn.get_accumulator_coder()
+    events = [e for e in _events(200, seed=9) if e.keys[0] == "u1"]
+    encoded = [coder.encode(acc) for acc in _tiles(events, fn).values()]
+    merge = MergeTiles(fn)
+    want = fn.create_accumulator()
+    for e in events:
+        fn.add_input(want, e)
+
+    added = merge.create_accumulator()
+    for data in encoded:
+        added = merge.add_input(added, data)
+    singles = [merge.add_input(merge.create_accumulator(), data) for data in encoded]
+    merged = merge.merge_accumulators([merge.create_accumulator()] + singles + [merge.create_accumulator()])
+    assert _close(merge.extract_output(added), fn.extract_output(want))
+    assert _close(merge.extract_output(merged), fn.extract_output(want))
+    # merging only empty accumulators gives an empty one, which a later partial replaces
+    empty = merge.merge_accumulators([merge.create_accumulator(), merge.create_accumulator()])
+    assert merge.extract_output(empty) == fn.extract_output(fn.create_accumulator())
+    assert _close(merge.extract_output(merge.add_input(empty, encoded[0])),
+                  fn.extract_output(coder.decode(encoded[0])))

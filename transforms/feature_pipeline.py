@@ -29,7 +29,8 @@ class FeatureOutputs(NamedTuple):
     dead_letters: PCollection  # DeadLetters
     # Each view's rows, before the Flatten into `rows`. Streaming sinks write these view by view:
     # Prism and Flink run a Flatten outside the worker, so writing `rows` would send every row
-    # to the engine and back (encoded twice); unconsumed, the Flatten costs nothing there.
+    # to the engine and back. (Leaving the unconsumed Flatten out of the graph saved ~0.6 s of
+    # Python CPU on 300k events on Prism but cost Prism ~1.8 s more, so it stays.)
     per_view: tuple = ()
 
 

@@ -296,28 +296,40 @@ class PreCombinePerWindow(beam.DoFn):
             if len(partials) == 1:
                 data = partials[0].encoded(coder)
             else:
-                merged = fn.merge_accumulators([fn.create_accumulator()] + [p.accumulator(coder) for p in partials])
+                # merged into an owned copy of the first (decoded from its bytes, which stay cached
+                # for its other windows); the others are only read
+                first = coder.decode(partials[0].encoded(coder))
+                merged = fn.merge_accumulators([first] + [p.accumulator(coder) for p in partials[1:]])
                 data = coder.encode(merged)
             yield WindowedValue((entity, data), timestamp, (window,))
+
+
+class _Empty(list):
+    """MergeTiles' new accumulator: never changed, so the first partial added replaces it."""
 
 
 class MergeTiles(beam.CombineFn):
     """A view's CombineFn over partial accumulators (encoded by its AccumulatorCoder) instead of
     events: adding a partial merges it. Each partial is decoded afresh, so no engine-held input
-    is ever mutated (an accumulating pane re-combines its stored partials on some runners)."""
+    is ever mutated (an accumulating pane re-combines its stored partials on some runners), and
+    the first one decoded becomes the accumulator (merging it into an empty one would copy its
+    sketches)."""
 
     def __init__(self, fn: FeatureViewCombineFn):
         self._fn = fn
         self._coder = fn.get_accumulator_coder()
 
     def create_accumulator(self) -> list:
-        return self._fn.create_accumulator()
+        return _Empty(self._fn.create_accumulator())
 
     def add_input(self, acc: list, partial: bytes) -> list:
+        if type(acc) is _Empty:
+            return self._coder.decode(partial)
         return self._fn.merge_accumulators([acc, self._coder.decode(partial)])
 
     def merge_accumulators(self, accumulators: Iterable[list]) -> list:
-        return self._fn.merge_accumulators(accumulators)
+        merged = [acc for acc in accumulators if type(acc) is not _Empty]  # an _Empty adds nothing
+        return self._fn.merge_accumulators(merged) if merged else self.create_accumulator()
 
     def extract_output(self, acc: list) -> tuple:
         return self._fn.extract_output(acc)
