@@ -70,10 +70,13 @@ class Plan:
     # B2 on Prism and Flink: a run this small is the engine's fixed cost (start-up; 0: skip)
     stream_tiny: int = 500
     # B2 on Prism and Flink at scale (issue 14 item 4): the streaming fast path's steady rate and
-    # CPU per event without the start-up (0: skip), and on Prism the same graph event at a time
-    # (--preaggregate false) at stream_event_path events, for the CPU per event of both
+    # CPU per event without the start-up (0: skip), and the same graph event at a time
+    # (--preaggregate false) at stream_event_path events, for the CPU per event of both; then
+    # both again on a denser stream (the same users at stream_dense_rate events/s instead of 50:
+    # ~30 events per user and minute instead of ~3; 0: skip)
     stream_large: int = 300_000
     stream_event_path: int = 100_000
+    stream_dense_rate: float = 500.0
     # the hand-written streaming pipeline on the BundleBasedDirectRunner is several times slower
     # than ours there: it runs at this size first, and at `stream` only if that projects it under
     # handwritten_budget_s (as the batch baseline does)
@@ -117,6 +120,7 @@ QUICK = Plan(
     stream_tiny=0,
     stream_large=0,
     stream_event_path=0,
+    stream_dense_rate=0.0,
     handwritten_stream_probe=300,
     handwritten_probe=2_000,
     handwritten=5_000,
@@ -280,12 +284,21 @@ class Suite:
                 self.measure(label, "streaming_engine", events_path=stream["path"], events=stream["events"],
                              spec=self.stream_spec, out_dir=str(self.workdir / label), views=views,
                              engine=engine)
-                at_scale = [(f"{label}_large", plan.stream_large, [])]
-                if engine == "prism":
-                    at_scale.append((f"{label}_event_path", plan.stream_event_path, ["--preaggregate", "false"]))
-                for scale_label, n, extra in at_scale:
+                event_path = ["--preaggregate", "false"]
+                at_scale = [(f"{label}_large", EventSet(plan.stream_large), []),
+                            (f"{label}_event_path", EventSet(plan.stream_event_path), event_path)]
+                if plan.stream_dense_rate:
+                    rate = plan.stream_dense_rate
+                    at_scale += [
+                        (f"{label}_dense_large", EventSet(plan.stream_large, events_per_second=rate), []),
+                        (f"{label}_dense_event_path", EventSet(plan.stream_event_path, events_per_second=rate),
+                         event_path),
+                    ]
+                for scale_label, event_set, extra in at_scale:
+                    n = event_set.events
                     if n:
-                        meta = self.events(f"stream_{n}", EventSet(n))
+                        dense = event_set.events_per_second != EventSet(n).events_per_second
+                        meta = self.events(f"stream_dense_{n}" if dense else f"stream_{n}", event_set)
                         self.measure(scale_label, "streaming_engine", events_path=meta["path"],
                                      events=meta["events"], spec=self.stream_spec,
                                      out_dir=str(self.workdir / scale_label), views=views, engine=engine,
