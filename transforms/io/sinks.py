@@ -35,7 +35,8 @@ Rows = Union[FeatureRow, list, offline.RowTable]  # a row, a list of one view's 
 
 
 class _WriteOnlineFn(beam.DoFn):
-    def __init__(self, url: str, spec: FeatureSpecFile, views: dict[str, ViewLayout], batch_size: int):
+    def __init__(self, url: str, spec: FeatureSpecFile, views: dict[str, ViewLayout],
+                 batch_size: Optional[int] = None):
         self._url = url
         self._spec = spec
         self._views = views
@@ -56,6 +57,7 @@ class _WriteOnlineFn(beam.DoFn):
     def setup(self) -> None:
         self._store = open_online_store(self._url, self._spec, self._views)
         self._store.on_retry = self._retries.inc
+        self._batch_rows = self._batch_size or self._store.WRITE_BATCH_ROWS
 
     def start_bundle(self) -> None:
         self._buffer = []
@@ -67,7 +69,7 @@ class _WriteOnlineFn(beam.DoFn):
         if self.lag:
             self._lag_ms[row.view].update(max(0, int(time.time() * 1000) - row.window_end_ms))
         self._buffer.append(row)
-        if len(self._buffer) >= self._batch_size:
+        if len(self._buffer) >= self._batch_rows:
             self._flush()
 
     def finish_bundle(self) -> None:
@@ -118,10 +120,12 @@ class WriteOnline(beam.PTransform[PCollection[FeatureRow], PCollection[None]]):
     With `latest_only` (bounded runs) rows are first reduced to the newest per (view, entity)
     (NewestCurrentRows): the store's monotonic rule would refuse every older one anyway, so
     this writes the same final state with one upsert per entity instead of one per window.
+    `batch_size`: rows per store write, at most (a bundle's end writes what it holds); default
+    the store's WRITE_BATCH_ROWS (SQLite 20,000 per transaction, Redis 500 per script call).
     """
 
     def __init__(self, url: str, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None,
-                 batch_size: int = 500, latest_only: bool = False):
+                 batch_size: Optional[int] = None, latest_only: bool = False):
         super().__init__()
         self._views = views if views is not None else layouts(spec)
         self._fn = _WriteOnlineFn(url, spec, self._views, batch_size)

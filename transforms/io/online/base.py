@@ -57,6 +57,9 @@ class OnlineStore:
     """Base class: `write` is atomic and monotonic per (entity, view); `read` returns None when
     the entity is unknown (or expired)."""
 
+    # Rows per `write` call the sink gathers (WriteOnline without a batch_size).
+    WRITE_BATCH_ROWS = 500
+
     def __init__(self, spec: FeatureSpecFile, views: Optional[dict[str, ViewLayout]] = None):
         self.project = spec.project
         self.views = views if views is not None else layouts(spec)

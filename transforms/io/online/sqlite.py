@@ -66,6 +66,11 @@ def _is_permanent(err: BaseException) -> bool:
 
 
 class SqliteOnlineStore(OnlineStore):
+    # One transaction per 20,000 rows: a bulk write touches pages all over the B-trees, and
+    # each commit writes its dirty pages to the WAL again; 50,000 entities x 7 features in random
+    # entity order, fresh tables: 1.5 s of CPU in batches of 500, 0.8 s in batches of 20,000.
+    WRITE_BATCH_ROWS = 20_000
+
     def __init__(self, url: Union[str, SqliteConfig], spec: FeatureSpecFile,
                  views: Optional[dict[str, ViewLayout]] = None, busy_timeout: float = 5.0,
                  read_only: bool = False):
