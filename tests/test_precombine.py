@@ -112,7 +112,7 @@ def test_one_output_per_entity_and_window_with_the_windows_features():
     assert {key: coder.encode(acc) for key, acc in tiles.items()} == before
 
 
-def test_flushes_when_full_and_the_pieces_merge_to_the_same_values():
+def test_flushes_when_full_or_held_too_long_and_the_pieces_merge_to_the_same_values():
     fn = FeatureViewCombineFn(SPEC, VIEW)
     coder = fn.get_accumulator_coder()
     events = _events(300, seed=5)
@@ -122,6 +122,10 @@ def test_flushes_when_full_and_the_pieces_merge_to_the_same_values():
     small.MAX_GROUPS = 7
     pieces = _run(small, inputs)
     assert len(pieces) > len(whole)
+    impatient = PreCombinePerWindow(fn)
+    impatient.FLUSH_SECONDS = 0.0  # every partial held for "too long": each leaves at once
+    one_by_one = _run(impatient, inputs)
+    assert len(one_by_one) == sum(len(wv.windows) for wv in inputs)
     merge = MergeTiles(fn)
 
     def merged(outputs):
@@ -132,6 +136,7 @@ def test_flushes_when_full_and_the_pieces_merge_to_the_same_values():
         return {key: merge.extract_output(acc) for key, acc in per_key.items()}
 
     assert merged(pieces) == merged(whole)
+    assert merged(one_by_one) == merged(whole)
 
 
 def test_a_shipped_partial_carries_its_encoded_accumulator():

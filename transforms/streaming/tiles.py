@@ -7,8 +7,9 @@ windows its events would have been, and is late or on time exactly when they wou
 (lateness is judged per window: its end + allowed lateness against the watermark). Panes keep
 Beam's semantics - early, on-time and late firings, allowed lateness, accumulating or discarding -
 with one documented difference: a count trigger (`late_every: n`) counts partials (the events of
-one entity and window that arrived in one bundle), not events. A bundle is flushed at its end, or
-every `FLUSH_EVENTS` events, so partials never wait for a long bundle to end.
+one entity and window that arrived in one bundle), not events. A bundle's tiles are flushed at
+its end or every `FLUSH_EVENTS` events, and its per-window partials at its end or every few
+seconds (PreCombinePerWindow), so partials never wait for a long bundle to end.
 
 After Beam's WindowInto, PreCombinePerWindow lifts the combiner as runners do in batch: a
 bundle's partials are merged per (entity, window), so the GroupByKey gets one element per entity
@@ -26,6 +27,7 @@ the event path.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -254,10 +256,13 @@ class PreCombinePerWindow(beam.DoFn):
     per (entity, window) and leave as (entity, encoded accumulator) in that window, timestamped
     at the earliest of their timestamps, so the GroupByKey receives one element per entity and
     window per bundle instead of one per tile and window (a sliding window's tile is in
-    size/period windows). Emitted at the bundle's end, or when MAX_GROUPS are held. A window
-    with one partial ships that partial's bytes, encoded once for all its windows."""
+    size/period windows). Emitted at the bundle's end, when MAX_GROUPS are held, or once the
+    oldest held partial has waited FLUSH_SECONDS (a long bundle, e.g. a large file read as a
+    stream, does not hold back its early panes). A window with one partial ships that
+    partial's bytes, encoded once for all its windows."""
 
     MAX_GROUPS = 100_000
+    FLUSH_SECONDS = 5.0
 
     def __init__(self, fn: FeatureViewCombineFn):
         self._fn = fn
@@ -268,12 +273,15 @@ class PreCombinePerWindow(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._groups: dict[tuple[str, Any], list] = {}
+        self._held_since = None
 
     def process(self, element: tuple[str, Partial],
                 windowed=beam.DoFn.WindowedValueParam) -> Iterable[WindowedValue]:
         # the whole WindowedValue: its windows in one call (WindowParam would invoke once per window)
         entity, partial = element
         timestamp, groups = windowed.timestamp, self._groups
+        if not groups:
+            self._held_since = time.monotonic()
         for window in windowed.windows:
             group = groups.get((entity, window))
             if group is None:
@@ -282,7 +290,7 @@ class PreCombinePerWindow(beam.DoFn):
                 group.append(partial)
                 if timestamp < group[0]:
                     group[0] = timestamp
-        if len(groups) >= self.MAX_GROUPS:
+        if len(groups) >= self.MAX_GROUPS or time.monotonic() - self._held_since >= self.FLUSH_SECONDS:
             yield from self._flush()
 
     def finish_bundle(self) -> Iterable[WindowedValue]:
