@@ -1093,7 +1093,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig = plt.figure(figsize=(22, 12))
     grid = fig.add_gridspec(2, 3, width_ratios=[7, 5, 5])
     left, middle, right = (fig.add_subplot(grid[0, i]) for i in range(3))
-    _shape_chart(results, fig.add_subplot(grid[1, :]))
+    _shape_chart(results, fig.add_subplot(grid[1, :2]))
+    _stream_cpu_chart(results, fig.add_subplot(grid[1, 2]))
     colors = ["#999999" if "(a)" in n or "(b)" in n else "#1f77b4" for n, _ in bars]
     values = [c["events_per_s"] for _, c in bars]
     left.bar([n for n, _ in bars], values, color=colors)
@@ -1193,6 +1194,34 @@ def _shape_chart(results: dict[str, Any], ax: Any) -> None:
     if values:
         ax.set_ylim(min(values) / 3, max(values + [GOAL_EVENTS_PER_S]) * 8)
     ax.legend(fontsize=8, loc="upper right")
+
+
+def _stream_cpu_chart(results: dict[str, Any], ax: Any) -> None:
+    """B2 at scale: how many times less CPU per event the fast path takes than the same graph
+    event at a time, per engine and stream density, against issue 14's 10x."""
+    summary = results["summary"].get("streaming", {})
+    densities = results["summary"].get("stream_densities", {})
+    colors = {"": "#1f77b4", "dense_": "#2ca02c"}
+    engines = [e for e in STREAM_ENGINES if any(summary.get(e, {}).get(f"{k}fast_vs_event_path_cpu")
+                                                 for k in STREAM_DENSITIES)]
+    width = 0.38
+    for j, key in enumerate(STREAM_DENSITIES):
+        for i, engine in enumerate(engines):
+            entry = summary.get(engine, {})
+            ratio = entry.get(f"{key}fast_vs_event_path_cpu")
+            if not ratio:
+                continue
+            x = i + (j - 0.5) * width
+            ax.bar(x, ratio, width, color=colors[key], label=densities.get(key, key) if i == 0 else None)
+            ax.annotate(f"{ratio:,.1f}x\n{entry[f'{key}steady_cpu_us_per_event']:,.0f} vs "
+                        f"{entry[f'{key}event_path_steady_cpu_us_per_event']:,.0f} µs",
+                        (x, ratio), ha="center", va="bottom", fontsize=8)
+    ax.axhline(10, color="#d62728", linestyle=":", label="goal: 10x less CPU per event")
+    ax.set_xticks(range(len(engines)), [STREAM_ENGINES[e].split(" (")[0] for e in engines], fontsize=8)
+    ax.set_ylabel("event path CPU per event / fast path's")
+    ax.set_title("B2 at scale: CPU per event, fast path vs event at a time")
+    ax.set_ylim(0, 30)
+    ax.legend(fontsize=8, loc="upper left")
 
 
 def _stream_chart(results: dict[str, Any], ax: Any) -> None:
