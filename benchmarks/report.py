@@ -81,9 +81,14 @@ def stream_labels(engine: str) -> dict[str, str]:
 STREAM_DENSITIES = ("", "dense_")
 
 
+def stream_data_name(prefix: str, events: int) -> str:
+    """The name of a B2 at-scale event set in results["data"] (prefix: one of STREAM_DENSITIES)."""
+    return f"stream_{prefix}{events}"
+
+
 def stream_density(results: dict[str, Any], prefix: str) -> str:
     """What a stream's density is called: events per user and minute, the rate and users."""
-    data = results["data"].get(f"stream{'_dense' if prefix else ''}_{results['plan'].get('stream_large')}")
+    data = results["data"].get(stream_data_name(prefix, results["plan"].get("stream_large")))
     if not data:
         return "dense stream" if prefix else "plain stream"
     users, rate = data.get("users") or 1000, data.get("events_per_second") or 50
@@ -163,8 +168,7 @@ def _streaming(results: dict[str, Any]) -> dict[str, Any]:
         # at scale: the steady rate and CPU per event beyond the start-up, fast path and the
         # same graph event at a time, on the plain stream and on the dense one
         for key in STREAM_DENSITIES:
-            prefix = key
-            large, event_path = _ok(results, labels[f"{prefix}large"]), _ok(results, labels[f"{prefix}event_path"])
+            large, event_path = _ok(results, labels[f"{key}large"]), _ok(results, labels[f"{key}event_path"])
             if large:
                 entry[f"{key}large_events"] = large["events"]
                 entry[f"{key}large_events_per_s"] = large["events_per_s"]

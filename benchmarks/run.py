@@ -284,21 +284,17 @@ class Suite:
                 self.measure(label, "streaming_engine", events_path=stream["path"], events=stream["events"],
                              spec=self.stream_spec, out_dir=str(self.workdir / label), views=views,
                              engine=engine)
-                event_path = ["--preaggregate", "false"]
-                at_scale = [(f"{label}_large", EventSet(plan.stream_large), []),
-                            (f"{label}_event_path", EventSet(plan.stream_event_path), event_path)]
+                # (density prefix, its rate of events) x (fast path, event at a time)
+                densities = [("", EventSet(0).events_per_second)]
                 if plan.stream_dense_rate:
-                    rate = plan.stream_dense_rate
-                    at_scale += [
-                        (f"{label}_dense_large", EventSet(plan.stream_large, events_per_second=rate), []),
-                        (f"{label}_dense_event_path", EventSet(plan.stream_event_path, events_per_second=rate),
-                         event_path),
-                    ]
-                for scale_label, event_set, extra in at_scale:
-                    n = event_set.events
-                    if n:
-                        dense = event_set.events_per_second != EventSet(n).events_per_second
-                        meta = self.events(f"stream_dense_{n}" if dense else f"stream_{n}", event_set)
+                    densities.append(("dense_", plan.stream_dense_rate))
+                for prefix, rate in densities:
+                    for kind, n, extra in (("large", plan.stream_large, []),
+                                           ("event_path", plan.stream_event_path, ["--preaggregate", "false"])):
+                        if not n:
+                            continue
+                        scale_label = f"{label}_{prefix}{kind}"
+                        meta = self.events(report.stream_data_name(prefix, n), EventSet(n, events_per_second=rate))
                         self.measure(scale_label, "streaming_engine", events_path=meta["path"],
                                      events=meta["events"], spec=self.stream_spec,
                                      out_dir=str(self.workdir / scale_label), views=views, engine=engine,

@@ -131,22 +131,17 @@ class WriteFeatures(beam.PTransform[Union[FeatureOutputs, TiledOutputs], None]):
         self._commit = commit
 
     def expand(self, outputs: Union[FeatureOutputs, TiledOutputs]) -> None:
+        # (label suffix, online rows, offline rows, latest only, commit) per pair of sinks
         if isinstance(outputs, TiledOutputs):  # already reduced to the newest rows
-            online_rows, offline_rows, latest_only = outputs.newest_rows, outputs.row_batches, False
+            sinks = [("", outputs.newest_rows, outputs.row_batches, False, self._commit)]
         elif outputs.per_view and is_stream(outputs.rows):  # view by view (FeatureOutputs.per_view)
-            for i, view_rows in enumerate(outputs.per_view):
-                suffix = f" {i + 1}" if i else ""
-                if self._online:
-                    view_rows | f"Online store{suffix}" >> WriteOnline(self._online, self._spec)
-                if self._offline:
-                    view_rows | f"Offline store{suffix}" >> WriteOffline(self._offline, self._spec)
-            online_rows = offline_rows = None
+            sinks = [(f" {i + 1}" if i else "", rows, rows, False, None) for i, rows in enumerate(outputs.per_view)]
         else:
-            online_rows = offline_rows = outputs.rows
-            latest_only = not is_stream(outputs.rows)
-        if self._online and online_rows is not None:
-            online_rows | "Online store" >> WriteOnline(self._online, self._spec, latest_only=latest_only)
-        if self._offline and offline_rows is not None:
-            offline_rows | "Offline store" >> WriteOffline(self._offline, self._spec, commit=self._commit)
+            sinks = [("", outputs.rows, outputs.rows, not is_stream(outputs.rows), self._commit)]
+        for suffix, online_rows, offline_rows, latest_only, commit in sinks:
+            if self._online:
+                online_rows | f"Online store{suffix}" >> WriteOnline(self._online, self._spec, latest_only=latest_only)
+            if self._offline:
+                offline_rows | f"Offline store{suffix}" >> WriteOffline(self._offline, self._spec, commit=commit)
         if self._dead_letter:
             outputs.dead_letters | "Dead letters" >> WriteDeadLetters(self._dead_letter, commit=self._commit)
